@@ -1,0 +1,424 @@
+"""Batched text generation on llama.cpp's low-level API.
+
+The high-level ``llama_cpp.Llama`` decodes one sequence at a time. This engine keeps one KV-cache
+sequence per request and runs a single ``llama_decode`` per step over every active sequence, so
+a batch of N requests costs about one forward pass per token instead of N.
+
+Each ``Generation`` has its own sampler chain (seed, temperature, top-k/p, min-p, repeat penalty),
+its own stop conditions and its own UTF-8 decoder, so its output does not depend on what else is
+in the batch. Prompts are prefilled in chunks that share the step with other sequences' decode
+tokens, which is what lets a new request join a running batch.
+
+Objects here are not thread-safe: one thread drives an engine.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import dataclasses
+import logging
+import os
+import re
+import time
+from collections.abc import Iterable, Sequence
+
+import llama_cpp
+
+logger = logging.getLogger(__name__)
+
+# Finish reasons, as OpenAI names them.
+STOP = "stop"
+LENGTH = "length"
+CANCELLED = "cancelled"
+
+
+GGML_LOG_LEVEL_WARN = 3
+GGML_LOG_LEVEL_ERROR = 4
+
+
+@llama_cpp.llama_log_callback
+def _log_to_python(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    """Pass llama.cpp's warnings and errors to Python logging; drop its chatty load log."""
+    if level in (GGML_LOG_LEVEL_WARN, GGML_LOG_LEVEL_ERROR):
+        logger.warning("llama.cpp: %s", text.decode("utf-8", errors="replace").rstrip())
+
+
+llama_cpp.llama_log_set(_log_to_python, ctypes.c_void_p(0))
+
+
+class ContextOverflow(ValueError):
+    """A prompt that does not fit in one sequence's context window."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    """How one request picks its tokens and when it stops."""
+
+    max_tokens: int | None = None
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    repeat_penalty: float = 1.1
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+    """What the engine loads and how much it may run at once."""
+
+    model_path: str
+    n_ctx: int = 2048
+    n_threads: int = 2
+    n_gpu_layers: int = -1
+    max_sequences: int = 4
+    n_batch: int = 512
+    main_gpu: int = 0
+
+
+class Generation:
+    """One request's sequence: its prompt, sampler, output so far and timings."""
+
+    def __init__(self, seq_id: int, prompt_tokens: list[int], params: SamplingParams) -> None:
+        self.seq_id = seq_id
+        self.prompt_tokens = prompt_tokens
+        self.params = params
+        self.completion_tokens = 0
+        self.finish_reason: str | None = None
+        self.text = ""
+        self.created = time.perf_counter()
+        self.first_token_at: float | None = None
+        self.finished_at: float | None = None
+        self._pending = list(prompt_tokens)  # tokens still to feed to the model
+        self._n_past = 0
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._held = ""  # decoded text held back because it may start a stop sequence
+        self._delta = ""  # text produced since the last take_delta()
+        self._sampler: ctypes.c_void_p | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def take_delta(self) -> str:
+        """Return the text produced since the last call (never a split UTF-8 character)."""
+        delta, self._delta = self._delta, ""
+        return delta
+
+    @property
+    def ttft_ms(self) -> float | None:
+        if self.first_token_at is None:
+            return None
+        return (self.first_token_at - self.created) * 1000.0
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        """Decode speed after the first token."""
+        if self.first_token_at is None or self.completion_tokens < 2:
+            return None
+        end = self.finished_at or time.perf_counter()
+        elapsed = end - self.first_token_at
+        return (self.completion_tokens - 1) / elapsed if elapsed > 0 else None
+
+    def _emit(self, text: str, final: bool) -> None:
+        """Add decoded text, holding back a tail that could still grow into a stop sequence."""
+        buffer = self._held + text
+        stops = self.params.stop
+        for stop in stops:
+            at = buffer.find(stop)
+            if at != -1:
+                self._delta += buffer[:at]
+                self.text += buffer[:at]
+                self._held = ""
+                self.finish_reason = STOP
+                return
+        keep = 0 if final else _longest_stop_prefix(buffer, stops)
+        ready = buffer[: len(buffer) - keep]
+        self._held = buffer[len(buffer) - keep :]
+        self._delta += ready
+        self.text += ready
+
+    def _finish(self, reason: str) -> None:
+        if self.finish_reason is None:
+            self._emit(self._decoder.decode(b"", final=True), final=True)
+            if self.finish_reason is None:
+                self.finish_reason = reason
+        self.finished_at = time.perf_counter()
+
+
+def _longest_stop_prefix(text: str, stops: Iterable[str]) -> int:
+    """Length of the longest suffix of text that is a proper prefix of a stop sequence.
+
+    >>> _longest_stop_prefix("Hello\\nQ", ["\\nQ:"])
+    2
+    >>> _longest_stop_prefix("Hello", ["\\nQ:"])
+    0
+    """
+    best = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), best, -1):
+            if text.endswith(stop[:n]):
+                best = n
+                break
+    return best
+
+
+class LlamaEngine:
+    """A loaded GGUF model with a KV cache shared by up to ``max_sequences`` generations."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        llama_cpp.llama_backend_init()
+        model_params = llama_cpp.llama_model_default_params()
+        self.backend = _backend_name()
+        self.gpu_offload = self.backend != "cpu"
+        model_params.n_gpu_layers = config.n_gpu_layers if self.gpu_offload else 0
+        model_params.main_gpu = config.main_gpu
+        model_params.use_mmap = True  # workers share the weights' pages
+        self.model = llama_cpp.llama_model_load_from_file(
+            os.fsencode(config.model_path), model_params
+        )
+        if not self.model:
+            raise RuntimeError(f"llama.cpp could not load the model file {config.model_path}")
+        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
+        self.n_layers = llama_cpp.llama_model_n_layer(self.model)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+
+        ctx_params = llama_cpp.llama_context_default_params()
+        # Each sequence gets a full n_ctx window: the cache holds n_ctx * max_sequences tokens.
+        ctx_params.n_seq_max = config.max_sequences
+        ctx_params.n_ctx = config.n_ctx * config.max_sequences
+        ctx_params.kv_unified = False
+        ctx_params.n_batch = config.n_batch
+        ctx_params.n_ubatch = config.n_batch
+        ctx_params.n_threads = config.n_threads
+        ctx_params.n_threads_batch = config.n_threads
+        ctx_params.no_perf = True
+        self.ctx = llama_cpp.llama_init_from_model(self.model, ctx_params)
+        if not self.ctx:
+            llama_cpp.llama_model_free(self.model)
+            raise RuntimeError("llama.cpp could not create a context (out of memory?)")
+        self.n_ctx_seq = llama_cpp.llama_n_ctx_seq(self.ctx)
+        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self._batch = llama_cpp.llama_batch_init(config.n_batch, 0, 1)
+        self._free_ids = list(range(config.max_sequences))
+        self.active: list[Generation] = []
+        self._piece = ctypes.create_string_buffer(256)
+
+    # -- model facts -------------------------------------------------------------------------
+
+    def metadata(self, key: str) -> str | None:
+        """A GGUF metadata value as a string, or None."""
+        size = llama_cpp.llama_model_meta_val_str(self.model, key.encode(), None, 0)
+        if size < 0:
+            return None
+        buf = ctypes.create_string_buffer(size + 1)
+        llama_cpp.llama_model_meta_val_str(self.model, key.encode(), buf, size + 1)
+        return buf.value.decode("utf-8", errors="replace")
+
+    def token_text(self, token: int) -> str:
+        """The text of a special token such as BOS or EOS, for chat templates."""
+        if token < 0:
+            return ""
+        return (llama_cpp.llama_vocab_get_text(self.vocab, token) or b"").decode(
+            "utf-8", errors="replace"
+        )
+
+    @property
+    def bos_token(self) -> str:
+        return self.token_text(llama_cpp.llama_vocab_bos(self.vocab))
+
+    @property
+    def eos_token(self) -> str:
+        return self.token_text(llama_cpp.llama_vocab_eos(self.vocab))
+
+    def describe(self) -> dict[str, object]:
+        """What this engine runs on, for logs and the console."""
+        desc = ctypes.create_string_buffer(128)
+        llama_cpp.llama_model_desc(self.model, desc, len(desc))
+        return {
+            "model": desc.value.decode(errors="replace"),
+            "backend": self.backend,
+            "n_layers": self.n_layers,
+            "n_gpu_layers": min(self.config.n_gpu_layers % (self.n_layers + 1), self.n_layers)
+            if self.gpu_offload and self.config.n_gpu_layers != 0
+            else 0,
+            "n_ctx": self.n_ctx_seq,
+            "max_sequences": self.config.max_sequences,
+            "n_threads": self.config.n_threads,
+        }
+
+    # -- tokens ----------------------------------------------------------------------------
+
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        """Tokens of text; special tokens written in the text (chat markup) are parsed."""
+        data = text.encode("utf-8")
+        n_max = len(data) + 8
+        tokens = (llama_cpp.llama_token * n_max)()
+        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), tokens, n_max, add_special, True)
+        if n < 0:  # buffer too small: -n is the size needed
+            n_max = -n
+            tokens = (llama_cpp.llama_token * n_max)()
+            n = llama_cpp.llama_tokenize(
+                self.vocab, data, len(data), tokens, n_max, add_special, True
+            )
+        return list(tokens[:n])
+
+    def _piece_bytes(self, token: int) -> bytes:
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, self._piece, len(self._piece), 0, False)
+        if n < 0:
+            self._piece = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(
+                self.vocab, token, self._piece, len(self._piece), 0, False
+            )
+        return self._piece.raw[:n]
+
+    # -- generations -------------------------------------------------------------------------
+
+    @property
+    def free_slots(self) -> int:
+        return len(self._free_ids)
+
+    def start(self, prompt_tokens: list[int], params: SamplingParams) -> Generation:
+        """Reserve a sequence for a prompt; it is prefilled by the next steps."""
+        if not prompt_tokens:
+            raise ContextOverflow("The prompt is empty after tokenization.")
+        if len(prompt_tokens) >= self.n_ctx_seq:
+            raise ContextOverflow(
+                f"The prompt is {len(prompt_tokens)} tokens long; this model's context window "
+                f"is {self.n_ctx_seq} tokens, and at least one must be left for the answer."
+            )
+        if not self._free_ids:
+            raise RuntimeError("no free sequence slot")
+        gen = Generation(self._free_ids.pop(0), prompt_tokens, params)
+        gen._sampler = self._make_sampler(params)
+        self.active.append(gen)
+        return gen
+
+    def cancel(self, gen: Generation) -> None:
+        """Stop a generation now and free its slot."""
+        if not gen.finished:
+            gen._finish(CANCELLED)
+        self._release(gen)
+
+    def step(self) -> list[Generation]:
+        """Decode one step for every active generation; return those that changed.
+
+        A finished generation is returned once, with its finish_reason set, and its slot freed.
+        """
+        if not self.active:
+            return []
+        batch = self._batch
+        n = 0
+        sample_at: list[tuple[Generation, int]] = []
+        budget = self.config.n_batch
+        # Decode tokens first (one each), then prompt chunks: a long prompt never stalls the others.
+        for gen in sorted(self.active, key=lambda g: len(g._pending) > 1):
+            take = min(len(gen._pending), budget - n)
+            if take <= 0:
+                continue
+            for i in range(take):
+                batch.token[n] = gen._pending[i]
+                batch.pos[n] = gen._n_past + i
+                batch.n_seq_id[n] = 1
+                batch.seq_id[n][0] = gen.seq_id
+                batch.logits[n] = False
+                n += 1
+            gen._n_past += take
+            del gen._pending[:take]
+            if not gen._pending:
+                batch.logits[n - 1] = True
+                sample_at.append((gen, n - 1))
+        batch.n_tokens = n
+        status = llama_cpp.llama_decode(self.ctx, batch)
+        if status != 0:
+            # The KV cache is full or the decode failed: end every generation cleanly.
+            logger.error("llama_decode returned %s with %s active sequences", status, n)
+            changed = list(self.active)
+            for gen in changed:
+                gen._finish(LENGTH)
+                self._release(gen)
+            return changed
+
+        changed = []
+        now = time.perf_counter()
+        for gen, index in sample_at:
+            token = llama_cpp.llama_sampler_sample(gen._sampler, self.ctx, index)
+            if gen.first_token_at is None:
+                gen.first_token_at = now
+            if llama_cpp.llama_vocab_is_eog(self.vocab, token):
+                gen._finish(STOP)
+            else:
+                gen.completion_tokens += 1
+                gen._emit(gen._decoder.decode(self._piece_bytes(token)), final=False)
+                limit = gen.params.max_tokens
+                if gen.finished:
+                    gen._finish(STOP)
+                elif limit is not None and gen.completion_tokens >= limit:
+                    gen._finish(LENGTH)
+                elif gen._n_past + 1 >= self.n_ctx_seq:
+                    gen._finish(LENGTH)
+                else:
+                    gen._pending.append(token)
+            changed.append(gen)
+        for gen in changed:
+            if gen.finished:
+                self._release(gen)
+        return changed
+
+    def generate(self, gens: Sequence[Generation]) -> Iterable[list[Generation]]:
+        """Step until every generation in gens has finished, yielding each step's changes."""
+        while any(not g.finished for g in gens):
+            yield self.step()
+
+    def _release(self, gen: Generation) -> None:
+        if gen in self.active:
+            self.active.remove(gen)
+            llama_cpp.llama_memory_seq_rm(self.memory, gen.seq_id, -1, -1)
+            self._free_ids.append(gen.seq_id)
+        if gen._sampler is not None:
+            llama_cpp.llama_sampler_free(gen._sampler)
+            gen._sampler = None
+
+    def _make_sampler(self, p: SamplingParams) -> ctypes.c_void_p:
+        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        add = llama_cpp.llama_sampler_chain_add
+        if p.repeat_penalty != 1.0:
+            add(chain, llama_cpp.llama_sampler_init_penalties(self.n_vocab, 64, p.repeat_penalty, 0.0, 0.0))
+        if p.temperature <= 0:
+            add(chain, llama_cpp.llama_sampler_init_greedy())
+            return chain
+        if p.top_k > 0:
+            add(chain, llama_cpp.llama_sampler_init_top_k(p.top_k))
+        if p.top_p < 1.0:
+            add(chain, llama_cpp.llama_sampler_init_top_p(p.top_p, 1))
+        if p.min_p > 0.0:
+            add(chain, llama_cpp.llama_sampler_init_min_p(p.min_p, 1))
+        add(chain, llama_cpp.llama_sampler_init_temp(p.temperature))
+        add(chain, llama_cpp.llama_sampler_init_dist(p.seed & 0xFFFFFFFF))
+        return chain
+
+    def close(self) -> None:
+        for gen in list(self.active):
+            self._release(gen)
+        if self.ctx:
+            llama_cpp.llama_batch_free(self._batch)
+            llama_cpp.llama_free(self.ctx)
+            llama_cpp.llama_model_free(self.model)
+            self.ctx = None
+            self.model = None
+
+
+def _backend_name() -> str:
+    """The GPU backend this build of llama.cpp was compiled with, or "cpu".
+
+    llama_supports_gpu_offload() is also true for a CPU build with the RPC backend, so the
+    system info line (one entry per compiled backend) is what tells.
+    """
+    info = llama_cpp.llama_print_system_info().decode(errors="replace").upper()
+    for name in ("CUDA", "METAL", "VULKAN", "HIP", "SYCL"):
+        if re.search(rf"\b{name}\s*:", info):
+            return name.lower()
+    return "cpu"

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Build (once) and install llama-cpp-python for a chosen backend.
+#
+# pip's wheel cache ignores CMAKE_ARGS, so a wheel built with other flags would be reused
+# silently.  We keep each built wheel in a folder named by version and backend flags instead.
+set -euo pipefail
+
+usage() {
+  cat <<USAGE
+Usage: $(basename "$0") [--python PYTHON] [--backend cpu|cuda|metal] [--version VERSION]
+
+Builds llama-cpp-python from source for the backend and installs it into PYTHON's environment.
+The built wheel is kept under \${LLAMA_WHEEL_CACHE:-~/.cache/tschat/wheels}, so later runs skip the build.
+
+  --python   interpreter to install into (default: python3)
+  --backend  cpu (portable AVX2 build, default), cuda (-DGGML_CUDA=on) or metal (-DGGML_METAL=on)
+  --version  llama-cpp-python version (default: 0.3.36)
+  Extra CMake flags can be appended with LLAMA_EXTRA_CMAKE_ARGS (for example -DGGML_RPC=ON).
+USAGE
+}
+
+python=python3
+backend=${LLAMA_BACKEND:-cpu}
+version=${LLAMA_CPP_VERSION:-0.3.36}
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --python) python=$2; shift 2 ;;
+    --backend) backend=$2; shift 2 ;;
+    --version) version=$2; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
+  esac
+done
+
+# The CPU build is portable: a native build picks up the AMX path in ggml-cpu, which crashes on some CPUs.
+portable="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_RPC=ON"
+case "$backend" in
+  cpu) cmake_args="$portable" ;;
+  cuda) cmake_args="$portable -DGGML_CUDA=on" ;;
+  metal) cmake_args="-DGGML_METAL=on -DGGML_RPC=ON" ;;
+  *) echo "unknown backend: $backend (cpu, cuda or metal)" >&2; exit 2 ;;
+esac
+cmake_args="$cmake_args ${LLAMA_EXTRA_CMAKE_ARGS:-}"
+
+flags_id=$(printf '%s' "$cmake_args" | sha256sum | cut -c1-12)
+cache_root=${LLAMA_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tschat/wheels}
+wheel_dir="$cache_root/llama-cpp-python-$version-$backend-$flags_id"
+
+if ! ls "$wheel_dir"/llama_cpp_python-*.whl >/dev/null 2>&1; then
+  echo "Building llama-cpp-python $version for $backend (about 4 minutes on 2 cores; done once)..."
+  echo "  CMAKE_ARGS=$cmake_args"
+  mkdir -p "$wheel_dir.tmp"
+  CMAKE_ARGS="$cmake_args" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
+    "$python" -m pip wheel --no-deps --no-binary llama-cpp-python --no-cache-dir \
+    -w "$wheel_dir.tmp" "llama-cpp-python==$version"
+  rm -rf "$wheel_dir"
+  mv "$wheel_dir.tmp" "$wheel_dir"
+  printf '%s\n' "$cmake_args" >"$wheel_dir/CMAKE_ARGS"
+fi
+"$python" -m pip install --quiet "$wheel_dir"/llama_cpp_python-*.whl
+echo "llama-cpp-python $version ($backend) installed from $wheel_dir"
