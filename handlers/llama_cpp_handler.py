@@ -26,6 +26,7 @@ import engine
 import openai_protocol as api
 from engine import ContextOverflow, EngineConfig, Generation, LlamaEngine, SamplingParams
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+from ts.metrics.metric_cache_errors import MetricsCacheKeyError
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.protocol.otf_message_handler import create_predict_response
 
@@ -267,13 +268,11 @@ class _HandlerMetrics:
 
     def __init__(self, context: Any, model_name: str) -> None:
         self.model_name = model_name
-        metrics = context.metrics
-        dims = ["ModelName"]
-        self.generated = metrics.add_metric_to_cache("GeneratedTokens", "count", dims, MetricTypes.COUNTER)
-        self.prompt = metrics.add_metric_to_cache("PromptTokens", "count", dims, MetricTypes.COUNTER)
-        self.ttft = metrics.add_metric_to_cache("TimeToFirstToken", "ms", dims, MetricTypes.GAUGE)
-        self.tps = metrics.add_metric_to_cache("TokensPerSecond", "tokens/s", dims, MetricTypes.GAUGE)
-        self.bad = metrics.add_metric_to_cache("RefusedRequests", "count", dims, MetricTypes.COUNTER)
+        self.generated = _metric(context, "GeneratedTokens", "count", MetricTypes.COUNTER)
+        self.prompt = _metric(context, "PromptTokens", "count", MetricTypes.COUNTER)
+        self.ttft = _metric(context, "TimeToFirstToken", "ms", MetricTypes.GAUGE)
+        self.tps = _metric(context, "TokensPerSecond", "", MetricTypes.GAUGE)
+        self.bad = _metric(context, "RefusedRequests", "count", MetricTypes.COUNTER)
 
     def record(self, gen: Generation) -> None:
         dims = [self.model_name]
@@ -286,6 +285,14 @@ class _HandlerMetrics:
 
     def refused(self) -> None:
         self.bad.add_or_update(1, [self.model_name])
+
+
+def _metric(context: Any, name: str, unit: str, kind: MetricTypes) -> Any:
+    """The metric declared in TorchServe's metrics config, or a new one if it is not there."""
+    try:
+        return context.metrics.get_metric(name, kind)
+    except MetricsCacheKeyError:
+        return context.metrics.add_metric_to_cache(name, unit, ["ModelName"], kind)
 
 
 _service = LlamaCppHandler()
