@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import Harness, Message
+from worker_harness import Harness, Message
 
 CHAT = "v1/chat/completions"
 
