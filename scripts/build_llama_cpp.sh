@@ -42,20 +42,27 @@ case "$backend" in
 esac
 cmake_args="$cmake_args ${LLAMA_EXTRA_CMAKE_ARGS:-}"
 
-flags_id=$(printf '%s' "$cmake_args" | sha256sum | cut -c1-12)
+# sha256sum and nproc are GNU tools; macOS has shasum and getconf.
+if command -v sha256sum >/dev/null 2>&1; then
+  flags_id=$(printf '%s' "$cmake_args" | sha256sum | cut -c1-12)
+else
+  flags_id=$(printf '%s' "$cmake_args" | shasum -a 256 | cut -c1-12)
+fi
+cores=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)
 cache_root=${LLAMA_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tschat/wheels}
 wheel_dir="$cache_root/llama-cpp-python-$version-$backend-$flags_id"
 
 if ! ls "$wheel_dir"/llama_cpp_python-*.whl >/dev/null 2>&1; then
   echo "Building llama-cpp-python $version for $backend (about 4 minutes on 2 cores; done once)..."
   echo "  CMAKE_ARGS=$cmake_args"
+  rm -rf "$wheel_dir.tmp"  # a build cut short leaves it behind
   mkdir -p "$wheel_dir.tmp"
-  CMAKE_ARGS="$cmake_args" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
+  CMAKE_ARGS="$cmake_args" CMAKE_BUILD_PARALLEL_LEVEL="$cores" \
     "$python" -m pip wheel --no-deps --no-binary llama-cpp-python --no-cache-dir \
     -w "$wheel_dir.tmp" "llama-cpp-python==$version"
   rm -rf "$wheel_dir"
   mv "$wheel_dir.tmp" "$wheel_dir"
   printf '%s\n' "$cmake_args" >"$wheel_dir/CMAKE_ARGS"
 fi
-"$python" -m pip install --quiet "$wheel_dir"/llama_cpp_python-*.whl
+"$python" -m pip install --quiet --no-warn-conflicts "$wheel_dir"/llama_cpp_python-*.whl
 echo "llama-cpp-python $version ($backend) installed from $wheel_dir"
