@@ -267,7 +267,9 @@ class LlamaEngine:
         return list(tokens[:n])
 
     def _piece_bytes(self, token: int) -> bytes:
-        n = llama_cpp.llama_token_to_piece(self.vocab, token, self._piece, len(self._piece), 0, False)
+        n = llama_cpp.llama_token_to_piece(
+            self.vocab, token, self._piece, len(self._piece), 0, False
+        )
         if n < 0:
             self._piece = ctypes.create_string_buffer(-n)
             n = llama_cpp.llama_token_to_piece(
@@ -386,7 +388,12 @@ class LlamaEngine:
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         add = llama_cpp.llama_sampler_chain_add
         if p.repeat_penalty != 1.0:
-            add(chain, llama_cpp.llama_sampler_init_penalties(self.n_vocab, 64, p.repeat_penalty, 0.0, 0.0))
+            add(
+                chain,
+                llama_cpp.llama_sampler_init_penalties(
+                    self.n_vocab, 64, p.repeat_penalty, 0.0, 0.0
+                ),
+            )
         if p.temperature <= 0:
             add(chain, llama_cpp.llama_sampler_init_greedy())
             return chain

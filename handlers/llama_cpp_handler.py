@@ -6,10 +6,15 @@ Routes (the part after /predictions/{model}/{version}/ arrives as the ``url_path
   v1/models             the served model
   (none)                the original example's body {prompt, max_tokens, ...}, answered as text
 
-Every request of a TorchServe batch is decoded together (one llama_decode per step over all of
-them) and each gets its own answer. Streamed requests receive each token as soon as it is decoded;
-a request that finishes early has its stream closed while the others go on. Invalid requests get
-a 4xx with an OpenAI error body and cost the others nothing.
+Two batching modes, chosen by model-config.yaml:
+- dynamic (default): TorchServe collects up to batchSize requests within maxBatchDelay and hands
+  them over at once; they are decoded together (one llama_decode per step over all of them) and
+  each gets its own answer. A stream that finishes early is closed while the others go on.
+- continuous (``continuousBatching: true``): TorchServe calls the handler once per decode step
+  with every running request; a request that arrives while others generate joins at the next
+  step, and one whose client went away is missing from the next call and is cancelled.
+Streamed requests receive each token as soon as it is decoded. Invalid requests get a 4xx with an
+OpenAI error body and cost the others nothing.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ class Job:
     created: int
     closed: bool = False  # its HTTP response has been completed
     body: bytes = b""  # what is still to be sent
+    started: bool = False  # its HTTP headers have gone out (a stream is open)
 
 
 class LlamaCppHandler:
@@ -72,6 +78,8 @@ class LlamaCppHandler:
         if not os.path.isfile(model_path):
             raise FileNotFoundError(f"GGUF file not found: {model_path}")
         batch_size = int(props.get("batch_size") or 1)
+        self.continuous = bool((context.model_yaml_config or {}).get("continuousBatching", False))
+        self.running: dict[str, Job] = {}  # continuous mode: request id -> job
         gpu_id = props.get("gpu_id")
         self.engine = LlamaEngine(
             EngineConfig(
@@ -106,6 +114,12 @@ class LlamaCppHandler:
     # -- serving ---------------------------------------------------------------------------
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
+        if self.continuous:
+            return self._handle_step(data, context)
+        return self._handle_batch(data, context)
+
+    def _handle_batch(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
+        """Dynamic batching: decode the whole batch to the end, streaming as tokens come."""
         assert self.engine is not None
         results: list[Any] = [b""] * len(data)
         jobs: list[Job] = []
@@ -116,7 +130,7 @@ class LlamaCppHandler:
                 self._reply_error(context, idx, err, results)
                 continue
             if job is None:  # answered at once (v1/models)
-                results[idx] = json.dumps(api.model_list(self.model_name, "tschat", self.info)).encode()
+                results[idx] = self._models_body()
                 context.set_response_content_type(idx, JSON_TYPE)
                 continue
             jobs.append(job)
@@ -137,6 +151,70 @@ class LlamaCppHandler:
             else:
                 results[job.idx] = job.body if job.request.stream else self._whole(job)
         return results
+
+    def _handle_step(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
+        """Continuous batching: admit new requests, decode one step, answer every request."""
+        assert self.engine is not None
+        ids = [context.request_ids[idx] for idx in range(len(data))]
+        for request_id in set(self.running) - set(ids):
+            # TorchServe drops a request whose client disconnected: stop spending compute on it.
+            job = self.running.pop(request_id)
+            logger.info("Request %s left (client gone); cancelling it", request_id)
+            self.engine.cancel(job.gen)
+            self._metrics.record(job.gen)
+        results: list[Any] = [b""] * len(data)
+        stream_next: dict[int, bool | None] = {}
+        for idx, row in enumerate(data):
+            if ids[idx] in self.running:
+                continue
+            stream_next[idx] = None  # answered now, in one piece
+            try:
+                job = self._start(idx, row, context)
+            except api.RequestError as err:
+                self._reply_error(context, idx, err, results)
+                continue
+            if job is None:
+                results[idx] = self._models_body()
+                context.set_response_content_type(idx, JSON_TYPE)
+                continue
+            self.running[ids[idx]] = job
+        if self.engine.active:
+            self.engine.step()
+        for idx, request_id in enumerate(ids):
+            job = self.running.get(request_id)
+            if job is None:
+                continue
+            job.idx = idx
+            self._set_content_type(context, job)
+            if job.request.stream:
+                job.body += self._stream_bytes(job)
+            if not job.gen.finished:
+                results[idx], job.body = job.body, b""
+                stream_next[idx] = True  # keeps the HTTP response open
+                job.started = True
+                continue
+            del self.running[request_id]
+            self._metrics.record(job.gen)
+            results[idx] = job.body if job.request.stream else self._whole(job)
+            stream_next[idx] = False if job.started else None
+        # TorchServe reads ts_stream_next per request from these (None: a plain, whole response).
+        context.stopping_criteria = {
+            idx: (lambda _, more=more: None if more is None else not more)
+            for idx, more in stream_next.items()
+        }
+        return results
+
+    def _models_body(self) -> bytes:
+        return json.dumps(api.model_list(self.model_name, "tschat", self.info)).encode()
+
+    def _set_content_type(self, context: Any, job: Job) -> None:
+        if job.request.stream:
+            context.set_response_content_type(job.idx, SSE_TYPE)
+            context.set_response_header(job.idx, "Cache-Control", "no-cache")
+        elif job.request.endpoint == api.LEGACY:
+            context.set_response_content_type(job.idx, TEXT_TYPE)
+        else:
+            context.set_response_content_type(job.idx, JSON_TYPE)
 
     def _start(self, idx: int, row: dict[str, Any], context: Any) -> Job | None:
         assert self.engine is not None
@@ -166,15 +244,15 @@ class LlamaCppHandler:
         try:
             gen = self.engine.start(tokens, params)
         except ContextOverflow as exc:
-            raise api.RequestError(str(exc), "messages" if endpoint == api.CHAT else "prompt",
-                                   code="context_length_exceeded") from None
+            raise api.RequestError(
+                str(exc),
+                "messages" if endpoint == api.CHAT else "prompt",
+                code="context_length_exceeded",
+            ) from None
         job = Job(idx, request, gen, api.new_id(endpoint), int(time.time()))
+        self._set_content_type(context, job)
         if request.stream:
-            context.set_response_content_type(idx, SSE_TYPE)
-            context.set_response_header(idx, "Cache-Control", "no-cache")
             job.body = api.sse(self._chunk(job, "", first=True))
-        else:
-            context.set_response_content_type(idx, JSON_TYPE if endpoint != api.LEGACY else TEXT_TYPE)
         return job
 
     def _run(self, jobs: list[Job], context: Any) -> None:
@@ -207,7 +285,9 @@ class LlamaCppHandler:
         req_ids = {j.idx: context.request_ids[j.idx] for j in jobs}
         payload = {j.idx: j.body for j in jobs}
         context.stopping_criteria = {j.idx: (lambda _, done=j.idx in closing: done) for j in jobs}
-        msg = create_predict_response(payload, req_ids, "Intermediate Prediction success", 200, context)
+        msg = create_predict_response(
+            payload, req_ids, "Intermediate Prediction success", 200, context
+        )
         context.cl_socket.sendall(msg)
         for j in jobs:
             j.body = b""
@@ -227,9 +307,18 @@ class LlamaCppHandler:
             out += api.sse(final) + api.sse("[DONE]")
         return out
 
-    def _chunk(self, job: Job, text: str | None, first: bool = False, finish_reason: str | None = None) -> dict[str, Any]:
-        return api.chunk(job.request.endpoint, job.response_id, job.created, self.model_name, text,
-                         finish_reason=finish_reason, first=first)
+    def _chunk(
+        self, job: Job, text: str | None, first: bool = False, finish_reason: str | None = None
+    ) -> dict[str, Any]:
+        return api.chunk(
+            job.request.endpoint,
+            job.response_id,
+            job.created,
+            self.model_name,
+            text,
+            finish_reason=finish_reason,
+            first=first,
+        )
 
     def _whole(self, job: Job) -> bytes:
         gen = job.gen
@@ -237,12 +326,20 @@ class LlamaCppHandler:
             # The original example answered with the prompt and its continuation as plain text.
             return (job.request.prompt + gen.text).encode("utf-8")
         body = api.completion(
-            job.request.endpoint, job.response_id, job.created, self.model_name, gen.text,
-            _finish_reason(gen), api.usage(len(gen.prompt_tokens), gen.completion_tokens), _timings(gen),
+            job.request.endpoint,
+            job.response_id,
+            job.created,
+            self.model_name,
+            gen.text,
+            _finish_reason(gen),
+            api.usage(len(gen.prompt_tokens), gen.completion_tokens),
+            _timings(gen),
         )
         return json.dumps(body, ensure_ascii=False).encode("utf-8")
 
-    def _reply_error(self, context: Any, idx: int, err: api.RequestError, results: list[Any]) -> None:
+    def _reply_error(
+        self, context: Any, idx: int, err: api.RequestError, results: list[Any]
+    ) -> None:
         logger.info("Refused request %s: %s", context.get_request_id(idx), err.message)
         context.set_response_status(err.status, "", idx)
         context.set_response_content_type(idx, JSON_TYPE)
@@ -251,7 +348,9 @@ class LlamaCppHandler:
 
 
 def _finish_reason(gen: Generation) -> str:
-    return engine.STOP if gen.finish_reason == engine.CANCELLED else (gen.finish_reason or engine.STOP)
+    return (
+        engine.STOP if gen.finish_reason == engine.CANCELLED else (gen.finish_reason or engine.STOP)
+    )
 
 
 def _timings(gen: Generation) -> dict[str, float | None]:

@@ -35,7 +35,9 @@ MAX_STOP_LENGTH = 256
 class RequestError(Exception):
     """A request the handler refuses; status is the HTTP code (4xx)."""
 
-    def __init__(self, message: str, param: str | None = None, status: int = 400, code: str | None = None):
+    def __init__(
+        self, message: str, param: str | None = None, status: int = 400, code: str | None = None
+    ):
         super().__init__(message)
         self.message = message
         self.param = param
@@ -45,7 +47,12 @@ class RequestError(Exception):
     def body(self) -> dict[str, Any]:
         err_type = "invalid_request_error" if self.status < 500 else "server_error"
         return {
-            "error": {"message": self.message, "type": err_type, "param": self.param, "code": self.code}
+            "error": {
+                "message": self.message,
+                "type": err_type,
+                "param": self.param,
+                "code": self.code,
+            }
         }
 
 
@@ -149,7 +156,9 @@ def parse(endpoint: str, body: Mapping[str, Any]) -> ParsedRequest:
     n = body.get("n", 1)
     if n != 1 or isinstance(n, bool):
         raise RequestError("Only n=1 is supported.", "n")
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens", body.get("max_new_tokens")))
+    max_tokens = body.get(
+        "max_completion_tokens", body.get("max_tokens", body.get("max_new_tokens"))
+    )
     sampling = Sampling(
         max_tokens=_int_value(max_tokens, "max_tokens", 1, 1_000_000, optional=True),
         temperature=_number(body, "temperature", 0.0, 2.0),
@@ -177,13 +186,22 @@ def _messages(value: Any) -> tuple[dict[str, str], ...]:
             raise RequestError(f"{where} must be an object with 'role' and 'content'.", where)
         role = message.get("role")
         if not isinstance(role, str) or role not in ROLES:
-            raise RequestError(f"{where}.role must be one of {', '.join(ROLES)}; got {role!r}.", f"{where}.role")
+            raise RequestError(
+                f"{where}.role must be one of {', '.join(ROLES)}; got {role!r}.", f"{where}.role"
+            )
         content = message.get("content")
         if isinstance(content, list):  # OpenAI content parts: keep the text ones
             parts = []
             for part in content:
-                if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                    raise RequestError(f"{where}.content parts must be {{type: 'text', text: ...}}.", f"{where}.content")
+                if (
+                    not isinstance(part, dict)
+                    or part.get("type") != "text"
+                    or not isinstance(part.get("text"), str)
+                ):
+                    raise RequestError(
+                        f"{where}.content parts must be {{type: 'text', text: ...}}.",
+                        f"{where}.content",
+                    )
                 parts.append(part["text"])
             content = "".join(parts)
         if not isinstance(content, str):
@@ -201,7 +219,9 @@ def _check_text(text: str, param: str) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise RequestError(f"{param} contains an unpaired surrogate (invalid Unicode).", param) from None
+        raise RequestError(
+            f"{param} contains an unpaired surrogate (invalid Unicode).", param
+        ) from None
 
 
 def _string(body: Mapping[str, Any], key: str, required: bool, allow_empty: bool) -> str:
@@ -227,7 +247,9 @@ def _bool(body: Mapping[str, Any], key: str, default: bool) -> bool:
     return value
 
 
-def _number(body: Mapping[str, Any], key: str, low: float, high: float, integer: bool = False) -> float:
+def _number(
+    body: Mapping[str, Any], key: str, low: float, high: float, integer: bool = False
+) -> float:
     value = body.get(key)
     if value is None:
         return DEFAULTS[key]
@@ -265,7 +287,9 @@ def _stop(value: Any) -> tuple[str, ...]:
         raise RequestError(f"'stop' may hold at most {MAX_STOP_SEQUENCES} sequences.", "stop")
     for s in value:
         if len(s) > MAX_STOP_LENGTH:
-            raise RequestError(f"Each stop sequence must be at most {MAX_STOP_LENGTH} characters.", "stop")
+            raise RequestError(
+                f"Each stop sequence must be at most {MAX_STOP_LENGTH} characters.", "stop"
+            )
         _check_text(s, "stop")
     return tuple(s for s in value if s)
 
@@ -293,7 +317,7 @@ def sse(payload: Mapping[str, Any] | str) -> bytes:
     b'data: [DONE]\\n\\n'
     """
     data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
-    return f"data: {data}\n\n".encode("utf-8")
+    return f"data: {data}\n\n".encode()
 
 
 def chunk(
@@ -312,12 +336,23 @@ def chunk(
             delta["role"] = "assistant"
         if text is not None:
             delta["content"] = text
-        choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        choice: dict[str, Any] = {
+            "index": 0,
+            "delta": delta,
+            "logprobs": None,
+            "finish_reason": finish_reason,
+        }
         obj = "chat.completion.chunk"
     else:
         choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
         obj = "text_completion"
-    return {"id": response_id, "object": obj, "created": created, "model": model, "choices": [choice]}
+    return {
+        "id": response_id,
+        "object": obj,
+        "created": created,
+        "model": model,
+        "choices": [choice],
+    }
 
 
 def completion(
@@ -356,5 +391,13 @@ def completion(
 def model_list(model: str, owned_by: str, meta: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "object": "list",
-        "data": [{"id": model, "object": "model", "created": int(time.time()), "owned_by": owned_by, "meta": dict(meta)}],
+        "data": [
+            {
+                "id": model,
+                "object": "model",
+                "created": int(time.time()),
+                "owned_by": owned_by,
+                "meta": dict(meta),
+            }
+        ],
     }

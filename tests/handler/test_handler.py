@@ -41,7 +41,9 @@ def streamed_text(body: bytes) -> tuple[str, dict]:
     assert events[-1] == "[DONE]"
     last = events[-2]
     assert isinstance(last, dict)
-    text = "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1] if isinstance(e, dict))
+    text = "".join(
+        e["choices"][0]["delta"].get("content", "") for e in events[:-1] if isinstance(e, dict)
+    )
     return text, last
 
 
@@ -53,7 +55,12 @@ def test_every_request_of_a_batch_gets_its_own_answer(harness: Harness) -> None:
         ("v1/completions", {"prompt": "Once upon a time", "max_tokens": 8, "temperature": 0}),
     ]
     messages, final = harness.run(requests)
-    closed_early = {p.request_id for m in messages for p in m.predictions if p.headers["ts_stream_next"] == "false"}
+    closed_early = {
+        p.request_id
+        for m in messages
+        for p in m.predictions
+        if p.headers["ts_stream_next"] == "false"
+    }
     assert len(closed_early) == 1, "the short stream is completed while the long one goes on"
     (short_id,) = closed_early
     assert short_id not in {p.request_id for p in final.predictions}
@@ -76,7 +83,9 @@ def test_every_request_of_a_batch_gets_its_own_answer(harness: Harness) -> None:
         assert p.status == 200
         data = json.loads(p.body)
         assert data["usage"]["completion_tokens"] > 0
-        content = data["choices"][0].get("message", {}).get("content") or data["choices"][0].get("text")
+        content = data["choices"][0].get("message", {}).get("content") or data["choices"][0].get(
+            "text"
+        )
         assert content
 
 
@@ -111,7 +120,9 @@ def test_bad_request_in_a_batch_hurts_no_one(harness: Harness) -> None:
 
 def test_legacy_body_answers_with_text(harness: Harness) -> None:
     prompt = "Question: What is the closest star to Earth ? Answer:"
-    _, final = harness.run([(None, {"prompt": prompt, "max_tokens": 16, "temperature": 0, "top_p": 0.9})])
+    _, final = harness.run(
+        [(None, {"prompt": prompt, "max_tokens": 16, "temperature": 0, "top_p": 0.9})]
+    )
     p = final.predictions[0]
     assert p.status == 200 and p.content_type.startswith("text/plain")
     text = p.body.decode()
@@ -134,7 +145,14 @@ def test_prompt_longer_than_context_is_refused(harness: Harness) -> None:
 
 
 def test_stop_sequence_ends_cleanly(harness: Harness) -> None:
-    _, final = harness.run([("v1/completions", {"prompt": "1, 2, 3, 4,", "max_tokens": 30, "temperature": 0, "stop": [" 7"]})])
+    _, final = harness.run(
+        [
+            (
+                "v1/completions",
+                {"prompt": "1, 2, 3, 4,", "max_tokens": 30, "temperature": 0, "stop": [" 7"]},
+            )
+        ]
+    )
     data = json.loads(final.predictions[0].body)
     assert data["choices"][0]["finish_reason"] == "stop"
     assert " 7" not in data["choices"][0]["text"]

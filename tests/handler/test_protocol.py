@@ -93,7 +93,10 @@ def test_defaults_and_aliases() -> None:
     assert req.sampling.temperature == api.DEFAULTS["temperature"]
     legacy = api.parse(api.LEGACY, {"prompt": "Q:", "max_new_tokens": 3, "stream": True})
     assert legacy.sampling.max_tokens == 3 and legacy.stream is False
-    parts = api.parse(api.CHAT, {"messages": [{"role": "developer", "content": [{"type": "text", "text": "be brief"}]}]})
+    parts = api.parse(
+        api.CHAT,
+        {"messages": [{"role": "developer", "content": [{"type": "text", "text": "be brief"}]}]},
+    )
     assert parts.messages == ({"role": "system", "content": "be brief"},)
 
 

@@ -55,9 +55,10 @@ def read_stream(response: requests.Response) -> tuple[list[tuple[float, dict[str
 
 
 def prompt_token_count(messages: list[dict[str, str]]) -> int:
-    """Count the prompt's tokens independently, with llama-cpp-python's own tokenizer and template."""
+    """Count the prompt's tokens independently, with llama-cpp-python's tokenizer and template."""
     import llama_cpp
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
     from tests.handler.worker_harness import default_gguf
 
     llm = llama_cpp.Llama(str(default_gguf()), vocab_only=True, verbose=False)
@@ -93,7 +94,11 @@ def test_streamed_chat_arrives_token_by_token(torchserve_server: Any) -> None:
 
 
 def test_whole_chat_completion(torchserve_server: Any) -> None:
-    response = post(torchserve_server, "v1/chat/completions", ask("What is the capital of France?", max_tokens=40))
+    response = post(
+        torchserve_server,
+        "v1/chat/completions",
+        ask("What is the capital of France?", max_tokens=40),
+    )
     assert response.status_code == 200
     data = response.json()
     assert data["object"] == "chat.completion"
@@ -112,11 +117,23 @@ def test_text_completion(torchserve_server: Any) -> None:
 
 def test_legacy_body_still_works(torchserve_server: Any) -> None:
     prompt = "Question: What is the closest star to Earth ? Answer:"
-    body = {"prompt": prompt, "max_tokens": 20, "temperature": 0.1, "top_p": 0.9, "top_k": 40, "seed": 3, "stop": ["Q:"]}
+    body = {
+        "prompt": prompt,
+        "max_tokens": 20,
+        "temperature": 0.1,
+        "top_p": 0.9,
+        "top_k": 40,
+        "seed": 3,
+        "stop": ["Q:"],
+    }
     response = requests.post(
         f"{torchserve_server.settings.inference_url}/predictions/{torchserve_server.model}",
         data=json.dumps(body),
-        headers={**headers(torchserve_server), "Content-type": "application/json", "Accept": "text/plain"},
+        headers={
+            **headers(torchserve_server),
+            "Content-type": "application/json",
+            "Accept": "text/plain",
+        },
         timeout=60,
     )
     assert response.status_code == 200
@@ -124,7 +141,9 @@ def test_legacy_body_still_works(torchserve_server: Any) -> None:
 
 
 def test_models_endpoint(torchserve_server: Any) -> None:
-    response = requests.get(api_url(torchserve_server, "v1/models"), headers=headers(torchserve_server), timeout=30)
+    response = requests.get(
+        api_url(torchserve_server, "v1/models"), headers=headers(torchserve_server), timeout=30
+    )
     assert response.status_code == 200
     model = response.json()["data"][0]
     assert model["id"] == torchserve_server.model and model["object"] == "model"
@@ -132,11 +151,19 @@ def test_models_endpoint(torchserve_server: Any) -> None:
 
 def test_batch_of_four_concurrent_requests_all_answered(torchserve_server: Any) -> None:
     questions = ["Name a fruit.", "Name a country.", "Name a planet.", "Name an animal."]
-    solo = [post(torchserve_server, "v1/chat/completions", ask(q, max_tokens=20)).json() for q in questions]
+    solo = [
+        post(torchserve_server, "v1/chat/completions", ask(q, max_tokens=20)).json()
+        for q in questions
+    ]
 
     def one(i: int) -> dict[str, Any]:
         stream = i % 2 == 0
-        response = post(torchserve_server, "v1/chat/completions", ask(questions[i], max_tokens=20, stream=stream), stream=stream)
+        response = post(
+            torchserve_server,
+            "v1/chat/completions",
+            ask(questions[i], max_tokens=20, stream=stream),
+            stream=stream,
+        )
         assert response.status_code == 200
         if not stream:
             return response.json()
@@ -148,7 +175,9 @@ def test_batch_of_four_concurrent_requests_all_answered(torchserve_server: Any) 
     with ThreadPoolExecutor(4) as pool:
         together = list(pool.map(one, range(4)))
     for alone, batched in zip(solo, together, strict=True):
-        assert batched["choices"][0]["message"]["content"] == alone["choices"][0]["message"]["content"]
+        assert (
+            batched["choices"][0]["message"]["content"] == alone["choices"][0]["message"]["content"]
+        )
         assert batched["usage"] == alone["usage"]
     status = torchserve_server.management.describe_model(torchserve_server.model)
     assert status.batch_size == 4
@@ -160,7 +189,9 @@ def test_openai_sdk_streamed_and_whole(torchserve_server: Any) -> None:
         api_key=torchserve_server.keys.key("inference"),
     )
     messages = [{"role": "user", "content": "Say hello in French."}]
-    whole = client.chat.completions.create(model=torchserve_server.model, messages=messages, max_tokens=16, temperature=0)
+    whole = client.chat.completions.create(
+        model=torchserve_server.model, messages=messages, max_tokens=16, temperature=0
+    )
     assert whole.choices[0].message.content
     assert whole.usage is not None and whole.usage.completion_tokens > 0
     stream = client.chat.completions.create(

@@ -1,0 +1,102 @@
+"""Batched decoding: outputs independent of the batch, continuous joining, cancellation."""
+
+from __future__ import annotations
+
+import json
+
+from test_handler import CHAT, chat, streamed_text
+from worker_harness import Harness, Prediction
+
+QUESTIONS = [
+    "What is the capital of France?",
+    "Name three colours.",
+    "Write a haiku about rain.",
+    "What is 7 times 8?",
+    "Describe a cat in one sentence.",
+    "List two planets.",
+    "Say hello in Spanish.",
+    "What is the boiling point of water?",
+]
+
+
+def whole_text(harness: Harness, question: str, **params: object) -> tuple[str, dict]:
+    _, final = harness.run([(CHAT, chat(question, **params))])
+    data = json.loads(final.predictions[0].body)
+    return data["choices"][0]["message"]["content"], data["usage"]
+
+
+def test_greedy_tokens_alone_equal_tokens_in_a_batch_of_eight(harness: Harness) -> None:
+    alone = [
+        whole_text(harness, q, max_tokens=32, min_p=0, repeat_penalty=1.0)[0] for q in QUESTIONS
+    ]
+    _, final = harness.run(
+        [(CHAT, chat(q, max_tokens=32, min_p=0, repeat_penalty=1.0)) for q in QUESTIONS]
+    )
+    together = [json.loads(p.body)["choices"][0]["message"]["content"] for p in final.predictions]
+    assert together == alone
+
+
+def test_seeded_sampling_is_reproducible_inside_a_batch(harness: Harness) -> None:
+    params = {"temperature": 0.9, "seed": 1234, "max_tokens": 24}
+    alone = whole_text(harness, QUESTIONS[2], **params)[0]
+    _, final = harness.run([(CHAT, chat(q, **params)) for q in QUESTIONS[:4]])
+    assert json.loads(final.predictions[2].body)["choices"][0]["message"]["content"] == alone
+
+
+def stream_body(pieces: list[Prediction]) -> bytes:
+    return b"".join(p.body for p in pieces)
+
+
+def test_continuous_request_joins_a_running_batch(continuous: Harness, harness: Harness) -> None:
+    long_q, late_q = "Write a long story about a dragon and a knight.", QUESTIONS[0]
+    arrivals = {
+        0: [(CHAT, chat(long_q, stream=True, max_tokens=40))],
+        6: [(CHAT, chat(late_q, stream=True, max_tokens=12))],
+    }
+    sent = continuous.run_continuous(arrivals)
+    first, late = sent.values()
+    # The late request got its first token while the first one was still generating.
+    late_flags = [p.headers.get("ts_stream_next") for p in late]
+    assert late_flags[-1] == "false" and len(late) >= 12
+    assert len(first) > 6 + len(late), "the late request finished before the first one"
+    assert all(p.headers.get("ts_stream_next") == "true" for p in first[: 6 + len(late) - 1])
+    # And both say what they would say alone.
+    for pieces, (q, n) in ((first, (long_q, 40)), (late, (late_q, 12))):
+        text, final = streamed_text(stream_body(pieces))
+        assert text == whole_text(harness, q, max_tokens=n)[0]
+        assert final["usage"]["completion_tokens"] == n
+    assert not continuous.handler.running and continuous.handler.engine.free_slots == 8
+
+
+def test_continuous_client_that_leaves_stops_costing_compute(continuous: Harness) -> None:
+    arrivals = {
+        0: [
+            (CHAT, chat(QUESTIONS[2], stream=True, max_tokens=500)),
+            (CHAT, chat(QUESTIONS[3], stream=True, max_tokens=8)),
+        ]
+    }
+    sent = continuous.run_continuous(arrivals, leave={0: 5})
+    gone, stayed = sent.values()
+    assert len(gone) == 5, "no step was spent on the request after its client left"
+    assert gone[-1].headers.get("ts_stream_next") == "true"
+    assert streamed_text(stream_body(stayed))[1]["usage"]["completion_tokens"] == 8
+    assert not continuous.handler.running and continuous.handler.engine.free_slots == 8
+
+
+def test_continuous_whole_answers_and_errors(continuous: Harness) -> None:
+    arrivals = {
+        0: [
+            (CHAT, chat(QUESTIONS[5], max_tokens=10)),
+            (CHAT, {"messages": "nope"}),
+            ("v1/models", b""),
+        ],
+        2: [("v1/completions", {"prompt": "1, 2, 3,", "max_tokens": 5, "temperature": 0})],
+    }
+    whole, bad, models, completion = continuous.run_continuous(arrivals).values()
+    data = json.loads(stream_body(whole))
+    assert data["usage"]["completion_tokens"] == 10 and data["choices"][0]["message"]["content"]
+    assert whole[0].status == 200 and whole[-1].headers["ts_stream_next"] == "false"
+    assert len(bad) == 1 and bad[0].status == 400 and "ts_stream_next" not in bad[0].headers
+    assert "must be a list" in json.loads(bad[0].body)["error"]["message"]
+    assert len(models) == 1 and json.loads(models[0].body)["data"][0]["id"] == "smollm2"
+    assert json.loads(stream_body(completion))["usage"]["completion_tokens"] == 5
