@@ -1,0 +1,424 @@
+"""Client for the inference API: ping, OpenAI-style chat and completions, streamed as text."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal, TypedDict, cast
+from urllib.parse import quote
+
+import requests
+from urllib3.exceptions import ReadTimeoutError
+
+from tschat._http import is_auth_failure, parse_error_body, raise_for_status
+from tschat.auth import KeyStore
+from tschat.errors import BadRequest, ServerError, ServerNotRunning, ServerTimeout
+from tschat.settings import Settings
+
+MODEL_VERSION = "1.0"
+CONNECT_TIMEOUT_S = 5.0
+
+
+class ChatMessage(TypedDict):
+    """One message of a conversation."""
+
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str
+
+
+class UsagePayload(TypedDict, total=False):
+    """Token counts sent with the last chunk or the whole answer."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class TimingsPayload(TypedDict, total=False):
+    """Server-measured speed sent with the last chunk or the whole answer."""
+
+    ttft_ms: float
+    tokens_per_second: float
+
+
+class ChatChoice(TypedDict, total=False):
+    """One choice of a chat.completion."""
+
+    index: int
+    message: ChatMessage
+    finish_reason: str | None
+
+
+class ChatCompletion(TypedDict, total=False):
+    """A non-streamed chat.completion object."""
+
+    id: str
+    object: str
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: UsagePayload
+    timings: TimingsPayload
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts of one answer."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Usage:
+        """Parse an OpenAI ``usage`` object.
+
+        >>> Usage.from_json({"prompt_tokens": 5, "completion_tokens": 7})
+        Usage(prompt_tokens=5, completion_tokens=7, total_tokens=12)
+        """
+        prompt = int(data.get("prompt_tokens") or 0)
+        completion = int(data.get("completion_tokens") or 0)
+        return cls(prompt, completion, int(data.get("total_tokens") or prompt + completion))
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Speed of one answer as measured by the server."""
+
+    ttft_ms: float | None
+    tokens_per_second: float | None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Timings:
+        """Parse the handler's ``timings`` object.
+
+        >>> Timings.from_json({"ttft_ms": 12.5, "tokens_per_second": 40})
+        Timings(ttft_ms=12.5, tokens_per_second=40.0)
+        """
+        ttft, speed = data.get("ttft_ms"), data.get("tokens_per_second")
+        return cls(None if ttft is None else float(ttft), None if speed is None else float(speed))
+
+
+@dataclass(frozen=True)
+class SseEvent:
+    """One parsed ``data:`` payload: a JSON chunk, or the end marker."""
+
+    data: dict[str, Any] | None
+    done: bool = False
+
+
+def parse_sse_line(line: str) -> SseEvent | None:
+    """Parse one line of a server-sent event stream; None for lines that carry no data.
+
+    >>> parse_sse_line('data: {"choices": [{"delta": {"content": "Hi"}}]}').data["choices"]
+    [{'delta': {'content': 'Hi'}}]
+    >>> parse_sse_line("data: [DONE]")
+    SseEvent(data=None, done=True)
+    >>> parse_sse_line("") is None, parse_sse_line(": keep-alive") is None
+    (True, True)
+    """
+    if not line.startswith("data:"):
+        return None
+    payload = line[5:].strip()
+    if payload == "[DONE]":
+        return SseEvent(None, done=True)
+    if not payload:
+        return None
+    try:
+        data = json.loads(payload)
+    except json.JSONDecodeError:
+        raise ServerError(
+            f"TorchServe sent a stream line that is not JSON: {payload[:200]!r}"
+        ) from None
+    if not isinstance(data, dict):
+        raise ServerError(
+            f"TorchServe sent a stream chunk that is not a JSON object: {payload[:200]!r}"
+        )
+    return SseEvent(data)
+
+
+def chunk_text(chunk: Mapping[str, Any]) -> str:
+    """The text a chat or completion chunk adds.
+
+    >>> chunk_text({"choices": [{"delta": {"content": "é"}}]})
+    'é'
+    >>> chunk_text({"choices": [{"text": "x"}]}), chunk_text({"choices": []})
+    ('x', '')
+    """
+    choices = chunk.get("choices") or []
+    if not choices:
+        return ""
+    choice = choices[0]
+    delta = choice.get("delta")
+    if isinstance(delta, dict):
+        return str(delta.get("content") or "")
+    return str(choice.get("text") or "")
+
+
+def split_lines(chunks: Iterable[str]) -> Iterator[str]:
+    r"""Split streamed text at "\n" only (str.splitlines would also split at U+2028 and U+0085).
+
+    >>> list(split_lines(["data: a\u2028b\n", "\ndata: c", "d\r\n", "tail"]))
+    ['data: a\u2028b', '', 'data: cd', 'tail']
+    """
+    pending = ""
+    for chunk in chunks:
+        pending += chunk
+        *lines, pending = pending.split("\n")
+        for line in lines:
+            yield line.removesuffix("\r")
+    if pending:
+        yield pending
+
+
+class ChatStream:
+    """The text deltas of a streamed answer; iterate once, then read the final figures.
+
+    After iteration: ``finish_reason``, ``usage`` and ``timings`` (as the server sent them),
+    ``client_ttft_ms`` (time to the first text, measured here) and ``text`` (all of it).
+    ``close()`` cancels: it closes the connection so the server can stop generating.
+    """
+
+    def __init__(
+        self, response: requests.Response, url: str, started: float, read_timeout: float
+    ) -> None:
+        self._response = response
+        self._url = url
+        self._started = started
+        self._read_timeout = read_timeout
+        self._consumed = False
+        self.finish_reason: str | None = None
+        self.usage: Usage | None = None
+        self.timings: Timings | None = None
+        self.client_ttft_ms: float | None = None
+        self.text = ""
+
+    def __iter__(self) -> Iterator[str]:
+        if self._consumed:
+            return
+        self._consumed = True
+        # With the encoding set, requests decodes incrementally: a character split across two
+        # network chunks arrives whole.
+        self._response.encoding = "utf-8"
+        done = False
+        try:
+            chunks = self._response.iter_content(chunk_size=None, decode_unicode=True)
+            for line in split_lines(chunks):
+                event = parse_sse_line(line)
+                if event is None:
+                    self._check_plain_error(line)
+                    continue
+                if event.done:
+                    done = True
+                    break
+                assert event.data is not None
+                piece = self._absorb(event.data)
+                if piece:
+                    if self.client_ttft_ms is None:
+                        self.client_ttft_ms = (time.perf_counter() - self._started) * 1000
+                    self.text += piece
+                    yield piece
+        except requests.ConnectionError as error:
+            if error.args and isinstance(error.args[0], ReadTimeoutError):
+                raise ServerTimeout(self._url, self._read_timeout) from None
+            raise self._cut_off() from error
+        except (
+            requests.exceptions.ChunkedEncodingError,
+            requests.exceptions.ContentDecodingError,
+        ) as error:
+            raise self._cut_off() from error
+        finally:
+            self.close()
+        if not done and self.finish_reason is None:
+            raise self._cut_off()
+
+    def _absorb(self, chunk: dict[str, Any]) -> str:
+        if isinstance(chunk.get("error"), dict):
+            info = parse_error_body(json.dumps(chunk))
+            if info.type == "invalid_request_error":
+                raise BadRequest(info.message, param=info.param, code=info.code)
+            raise ServerError(f"The model failed while answering: {info.message}")
+        choices = chunk.get("choices") or []
+        if choices and choices[0].get("finish_reason"):
+            self.finish_reason = str(choices[0]["finish_reason"])
+        if isinstance(chunk.get("usage"), dict):
+            self.usage = Usage.from_json(chunk["usage"])
+        if isinstance(chunk.get("timings"), dict):
+            self.timings = Timings.from_json(chunk["timings"])
+        return chunk_text(chunk)
+
+    def _check_plain_error(self, line: str) -> None:
+        # TorchServe reports a failure during a stream as its own JSON error, not as SSE.
+        stripped = line.strip()
+        if stripped.startswith("{"):
+            info = parse_error_body(stripped)
+            raise ServerError(f"TorchServe stopped the answer: {info.message}")
+
+    def _cut_off(self) -> ServerError:
+        return ServerError(
+            "The answer broke off before it was complete (the connection closed or the worker "
+            "stopped). Check model_log.log in the server console, then retry."
+        )
+
+    def close(self) -> None:
+        """Stop reading and close the connection (cancels generation on the server)."""
+        self._response.close()
+
+    def __enter__(self) -> ChatStream:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class InferenceClient:
+    """Talks to the inference API (default port 8080) with the inference key."""
+
+    def __init__(
+        self,
+        base_url: str,
+        key: KeyStore | str | None = None,
+        timeout: float = 330.0,
+        *,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        if isinstance(key, KeyStore):
+            self.keys: KeyStore | None = key
+        elif key is not None:
+            self.keys = KeyStore.explicit(inference=key)
+        else:
+            self.keys = None
+        self.timeout = timeout
+        self.session = session or requests.Session()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, keys: KeyStore | None = None) -> InferenceClient:
+        """A client for the local server described by ``settings``."""
+        return cls(settings.inference_url, keys or KeyStore(settings), settings.request_timeout_s)
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Mapping[str, Any] | None = None,
+        stream: bool = False,
+        model: str | None = None,
+    ) -> requests.Response:
+        """Send one request with the inference key; the only HTTP seam. Errors are raised."""
+        url = self.base_url + path
+        rejected: str | None = None
+        for attempt in range(2):
+            headers = {"Accept": "text/event-stream" if stream else "application/json"}
+            key = None
+            if self.keys is not None:
+                key = (
+                    self.keys.key("inference")
+                    if rejected is None
+                    else self.keys.recover("inference", rejected)
+                )
+                headers["Authorization"] = f"Bearer {key}"
+            try:
+                response = self.session.request(
+                    method,
+                    url,
+                    json=body,
+                    headers=headers,
+                    stream=stream,
+                    timeout=(CONNECT_TIMEOUT_S, self.timeout),
+                )
+            except requests.Timeout:
+                raise ServerTimeout(url, self.timeout) from None
+            except requests.ConnectionError:
+                raise ServerNotRunning(self.base_url) from None
+            except requests.RequestException as error:
+                raise ServerError(f"The answer from TorchServe broke off: {error}") from error
+            if response.status_code >= 400:
+                response.encoding = "utf-8"
+                text = response.text  # reads and releases the connection
+                if (
+                    attempt == 0
+                    and self.keys is not None
+                    and is_auth_failure(response.status_code, parse_error_body(text))
+                ):
+                    rejected = key
+                    continue
+                raise_for_status(response, model=model)
+            return response
+        raise AssertionError("unreachable")
+
+    def _path(self, model: str, endpoint: str) -> str:
+        return f"/predictions/{quote(model, safe='')}/{MODEL_VERSION}/v1/{endpoint}"
+
+    def ping(self) -> str:
+        """TorchServe's health: "Healthy", or "Unhealthy" when a model lacks workers."""
+        try:
+            response = self._request("GET", "/ping")
+        except ServerError as error:
+            if error.status == 500:
+                return "Unhealthy"
+            raise
+        return str(response.json().get("status", "Unknown"))
+
+    def chat(self, model: str, messages: Sequence[ChatMessage], **params: Any) -> ChatCompletion:
+        """One whole chat.completion (``stream`` false)."""
+        body = _body(params, messages=list(messages), stream=False)
+        response = self._request(
+            "POST", self._path(model, "chat/completions"), body=body, model=model
+        )
+        return cast(ChatCompletion, _json_object(response))
+
+    def chat_stream(self, model: str, messages: Sequence[ChatMessage], **params: Any) -> ChatStream:
+        """Stream a chat answer: iterate the returned ChatStream for text deltas."""
+        body = _body(params, messages=list(messages), stream=True)
+        return self._stream(self._path(model, "chat/completions"), body, model)
+
+    def completions(self, model: str, prompt: str, **params: Any) -> dict[str, Any]:
+        """One whole text completion for a raw prompt."""
+        body = _body(params, prompt=prompt, stream=False)
+        return _json_object(
+            self._request("POST", self._path(model, "completions"), body=body, model=model)
+        )
+
+    def completions_stream(self, model: str, prompt: str, **params: Any) -> ChatStream:
+        """Stream a text completion for a raw prompt."""
+        return self._stream(
+            self._path(model, "completions"), _body(params, prompt=prompt, stream=True), model
+        )
+
+    def models(self, model: str) -> dict[str, Any]:
+        """The handler's OpenAI ``/v1/models`` list."""
+        return _json_object(self._request("GET", self._path(model, "models"), model=model))
+
+    def _stream(self, path: str, body: Mapping[str, Any], model: str) -> ChatStream:
+        started = time.perf_counter()
+        response = self._request("POST", path, body=body, stream=True, model=model)
+        return ChatStream(response, self.base_url + path, started, self.timeout)
+
+
+def _body(params: Mapping[str, Any], **fixed: Any) -> dict[str, Any]:
+    body = {key: value for key, value in params.items() if value is not None}
+    body.update(fixed)
+    return body
+
+
+def _json_object(response: requests.Response) -> dict[str, Any]:
+    response.encoding = "utf-8"
+    try:
+        data = response.json()
+    except ValueError:
+        raise ServerError(
+            f"TorchServe answered with something that is not JSON: {response.text[:200]!r}"
+        ) from None
+    if not isinstance(data, dict):
+        raise ServerError("TorchServe answered with JSON that is not an object.")
+    return data
