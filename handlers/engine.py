@@ -20,6 +20,7 @@ import dataclasses
 import logging
 import os
 import re
+import socket
 import time
 from collections.abc import Iterable, Sequence
 
@@ -35,16 +36,26 @@ CANCELLED = "cancelled"
 
 GGML_LOG_LEVEL_WARN = 3
 GGML_LOG_LEVEL_ERROR = 4
+_captured: list[str] | None = None  # llama.cpp's log lines while a model loads
 
 
 @llama_cpp.llama_log_callback
 def _log_to_python(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
     """Pass llama.cpp's warnings and errors to Python logging; drop its chatty load log."""
+    if _captured is not None:
+        _captured.append(text.decode("utf-8", errors="replace"))
     if level in (GGML_LOG_LEVEL_WARN, GGML_LOG_LEVEL_ERROR):
         logger.warning("llama.cpp: %s", text.decode("utf-8", errors="replace").rstrip())
 
 
 llama_cpp.llama_log_set(_log_to_python, ctypes.c_void_p(0))
+
+
+SPLIT_MODES = {
+    "none": llama_cpp.LLAMA_SPLIT_MODE_NONE,
+    "layer": llama_cpp.LLAMA_SPLIT_MODE_LAYER,
+    "row": llama_cpp.LLAMA_SPLIT_MODE_ROW,
+}
 
 
 class ContextOverflow(ValueError):
@@ -76,6 +87,11 @@ class EngineConfig:
     max_sequences: int = 4
     n_batch: int = 512
     main_gpu: int = 0
+    rpc_servers: tuple[str, ...] = ()  # host:port of llama.cpp RPC servers to offload layers to
+    split_mode: str = (
+        "layer"  # several devices: "layer" (pipeline), "row" (tensor parallel), "none"
+    )
+    tensor_split: tuple[float, ...] = ()  # share of the model per device; empty = by free memory
 
 
 class Generation:
@@ -173,13 +189,33 @@ class LlamaEngine:
         llama_cpp.llama_backend_init()
         model_params = llama_cpp.llama_model_default_params()
         self.backend = _backend_name()
+        if config.rpc_servers:
+            # An explicit device list: the RPC servers' devices (and a local GPU, if any).
+            devices = _add_rpc_servers(config.rpc_servers) + _local_gpu_devices()
+            self._devices = (ctypes.c_void_p * (len(devices) + 1))(*devices, None)
+            model_params.devices = ctypes.cast(self._devices, ctypes.c_void_p)
+            self.backend = f"rpc+{self.backend}"
         self.gpu_offload = self.backend != "cpu"
+        # A negative n_gpu_layers means all layers; without a GPU or RPC device none is offloaded.
         model_params.n_gpu_layers = config.n_gpu_layers if self.gpu_offload else 0
         model_params.main_gpu = config.main_gpu
+        model_params.split_mode = SPLIT_MODES[config.split_mode]
+        if config.tensor_split:
+            n_max = llama_cpp.llama_max_devices()
+            if len(config.tensor_split) > n_max:
+                raise ValueError(f"tensor_split has more than {n_max} entries")
+            self._tensor_split = (ctypes.c_float * n_max)(*config.tensor_split)
+            model_params.tensor_split = self._tensor_split
         model_params.use_mmap = True  # workers share the weights' pages
-        self.model = llama_cpp.llama_model_load_from_file(
-            os.fsencode(config.model_path), model_params
-        )
+        global _captured
+        _captured = []
+        try:
+            self.model = llama_cpp.llama_model_load_from_file(
+                os.fsencode(config.model_path), model_params
+            )
+            self.layers_by_device = _layers_by_device(_captured)
+        finally:
+            _captured = None
         if not self.model:
             raise RuntimeError(f"llama.cpp could not load the model file {config.model_path}")
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
@@ -242,9 +278,8 @@ class LlamaEngine:
             "model": desc.value.decode(errors="replace"),
             "backend": self.backend,
             "n_layers": self.n_layers,
-            "n_gpu_layers": min(self.config.n_gpu_layers % (self.n_layers + 1), self.n_layers)
-            if self.gpu_offload and self.config.n_gpu_layers != 0
-            else 0,
+            "n_gpu_layers": sum(n for dev, n in self.layers_by_device.items() if dev != "CPU"),
+            "layers_by_device": self.layers_by_device,
             "n_ctx": self.n_ctx_seq,
             "max_sequences": self.config.max_sequences,
             "n_threads": self.config.n_threads,
@@ -416,6 +451,92 @@ class LlamaEngine:
             llama_cpp.llama_model_free(self.model)
             self.ctx = None
             self.model = None
+
+
+def _layers_by_device(log: Iterable[str]) -> dict[str, int]:
+    """Count the layers llama.cpp placed on each device, from its load log.
+
+    >>> _layers_by_device(["load_tensors: layer   0 assigned to device RPC0, is_swa = 0",
+    ...                    "load_tensors: layer   1 assigned to device CPU, is_swa = 0"])
+    {'RPC0': 1, 'CPU': 1}
+    """
+    counts: dict[str, int] = {}
+    for line in log:
+        match = re.search(r"layer\s+\d+ assigned to device (\S+?),", line)
+        if match:
+            counts[match.group(1)] = counts.get(match.group(1), 0) + 1
+    return counts
+
+
+def _ggml() -> ctypes.CDLL:
+    """libggml as loaded by llama_cpp, with the device registry functions typed."""
+    lib = ctypes.CDLL(os.path.join(os.path.dirname(llama_cpp.__file__), "lib", "libggml.so"))
+    lib.ggml_backend_register.argtypes = [ctypes.c_void_p]
+    lib.ggml_backend_reg_dev_count.restype = ctypes.c_size_t
+    lib.ggml_backend_reg_dev_count.argtypes = [ctypes.c_void_p]
+    lib.ggml_backend_reg_dev_get.restype = ctypes.c_void_p
+    lib.ggml_backend_reg_dev_get.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    lib.ggml_backend_dev_count.restype = ctypes.c_size_t
+    lib.ggml_backend_dev_get.restype = ctypes.c_void_p
+    lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+    lib.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
+    lib.ggml_backend_dev_backend_reg.restype = ctypes.c_void_p
+    lib.ggml_backend_dev_backend_reg.argtypes = [ctypes.c_void_p]
+    lib.ggml_backend_reg_name.restype = ctypes.c_char_p
+    lib.ggml_backend_reg_name.argtypes = [ctypes.c_void_p]
+    return lib
+
+
+_RPC_DEVICES: dict[str, list[int]] = {}  # endpoint -> its devices, registered once per process
+GGML_BACKEND_DEVICE_TYPE_GPU = 1
+
+
+def _add_rpc_servers(servers: Sequence[str]) -> list[int]:
+    """Register llama.cpp RPC servers; return their devices, in the order given."""
+    libdir = os.path.join(os.path.dirname(llama_cpp.__file__), "lib")
+    try:
+        rpc = ctypes.CDLL(os.path.join(libdir, "libggml-rpc.so"))
+    except OSError:
+        raise RuntimeError(
+            "rpc_servers is set but llama-cpp-python was built without -DGGML_RPC=ON"
+        ) from None
+    rpc.ggml_backend_rpc_add_server.restype = ctypes.c_void_p
+    rpc.ggml_backend_rpc_add_server.argtypes = [ctypes.c_char_p]
+    ggml = _ggml()
+    devices: list[int] = []
+    for server in servers:
+        if server not in _RPC_DEVICES:
+            _check_reachable(server)  # ggml aborts the process on a server it cannot reach
+            reg = rpc.ggml_backend_rpc_add_server(server.encode())
+            count = ggml.ggml_backend_reg_dev_count(reg) if reg else 0
+            if not count:
+                raise RuntimeError(f"could not reach the llama.cpp RPC server at {server}")
+            ggml.ggml_backend_register(reg)
+            _RPC_DEVICES[server] = [ggml.ggml_backend_reg_dev_get(reg, i) for i in range(count)]
+        devices += _RPC_DEVICES[server]
+    return devices
+
+
+def _check_reachable(server: str, timeout: float = 5.0) -> None:
+    host, _, port = server.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"rpc_servers entries are host:port; got {server!r}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise RuntimeError(f"could not reach the llama.cpp RPC server at {server}: {exc}") from None
+
+
+def _local_gpu_devices() -> list[int]:
+    """This machine's GPU devices (CUDA, Metal, ...), not counting RPC ones."""
+    ggml = _ggml()
+    found = []
+    for i in range(ggml.ggml_backend_dev_count()):
+        dev = ggml.ggml_backend_dev_get(i)
+        reg_name = ggml.ggml_backend_reg_name(ggml.ggml_backend_dev_backend_reg(dev))
+        if ggml.ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_GPU and reg_name != b"RPC":
+            found.append(dev)
+    return found
 
 
 def _backend_name() -> str:

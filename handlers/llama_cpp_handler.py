@@ -81,6 +81,8 @@ class LlamaCppHandler:
         self.continuous = bool((context.model_yaml_config or {}).get("continuousBatching", False))
         self.running: dict[str, Job] = {}  # continuous mode: request id -> job
         gpu_id = props.get("gpu_id")
+        rpc_servers = tuple(str(server) for server in config.get("rpc_servers") or ())
+        one_gpu = gpu_id is not None and int(gpu_id) >= 0 and not rpc_servers
         self.engine = LlamaEngine(
             EngineConfig(
                 model_path=model_path,
@@ -89,7 +91,12 @@ class LlamaCppHandler:
                 n_gpu_layers=int(config.get("n_gpu_layers", -1)),
                 max_sequences=max(batch_size, int(config.get("max_sequences", 1))),
                 n_batch=int(config.get("n_batch", 512)),
-                main_gpu=int(gpu_id) if gpu_id is not None and int(gpu_id) >= 0 else 0,
+                # TorchServe hands each worker a GPU id: worker N runs whole on GPU N, unless the
+                # config splits the model over several devices.
+                main_gpu=int(config.get("main_gpu", gpu_id if gpu_id is not None else 0) or 0),
+                rpc_servers=rpc_servers,
+                split_mode=str(config.get("split_mode", "none" if one_gpu else "layer")),
+                tensor_split=tuple(float(x) for x in config.get("tensor_split") or ()),
             )
         )
         template = config.get("chat_template") or self.engine.metadata("tokenizer.chat_template")

@@ -100,3 +100,11 @@ def test_continuous_whole_answers_and_errors(continuous: Harness) -> None:
     assert "must be a list" in json.loads(bad[0].body)["error"]["message"]
     assert len(models) == 1 and json.loads(models[0].body)["data"][0]["id"] == "smollm2"
     assert json.loads(stream_body(completion))["usage"]["completion_tokens"] == 5
+
+
+def test_engine_doctests() -> None:
+    import doctest
+
+    import engine
+
+    assert doctest.testmod(engine).failed == 0
