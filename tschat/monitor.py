@@ -1,0 +1,277 @@
+"""What the server is doing, over time: metrics samples, worker rows and filtered logs.
+
+TorchServe's metrics API gives counters (requests, summed queue and inference latency,
+generated tokens) and gauges (the last value: time to first token, tokens per second of a
+request, prediction time). :class:`MetricsHistory` keeps a snapshot per poll and turns pairs of
+snapshots into rates, one row per interval, ready for ``pandas.DataFrame(history.rows())``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psutil
+
+from tschat.errors import ModelNotFound
+from tschat.management import ManagementClient, ModelStatus, WorkerStatus
+from tschat.metrics import Sample, select, total
+
+MIB = 1024 * 1024
+REQUESTS = "ts_inference_requests_total"
+QUEUE_LATENCY = "ts_queue_latency_microseconds"
+INFERENCE_LATENCY = "ts_inference_latency_microseconds"
+GENERATED_TOKENS = "GeneratedTokens"
+PROMPT_TOKENS = "PromptTokens"
+TIME_TO_FIRST_TOKEN = "TimeToFirstToken"
+TOKENS_PER_SECOND = "TokensPerSecond"
+PREDICTION_TIME = "PredictionTime"
+METRIC_NAMES = (
+    REQUESTS,
+    QUEUE_LATENCY,
+    INFERENCE_LATENCY,
+    GENERATED_TOKENS,
+    PROMPT_TOKENS,
+    TIME_TO_FIRST_TOKEN,
+    TOKENS_PER_SECOND,
+    PREDICTION_TIME,
+)
+# Columns of MetricsHistory.rows(), grouped as the console charts them.
+CHARTS: dict[str, tuple[str, ...]] = {
+    "Requests per second": ("requests/s",),
+    "Latency per request (ms)": ("queue ms", "handler ms", "total ms"),
+    "Tokens per second": ("generated tokens/s", "decode tokens/s (last request)"),
+    "Time to first token (ms)": ("time to first token ms",),
+}
+
+
+@dataclass(frozen=True)
+class MetricsSnapshot:
+    """The metrics of one model (or of all, when ``model`` is None) at one moment."""
+
+    at: datetime
+    requests: float
+    queue_us: float
+    inference_us: float
+    generated_tokens: float
+    prompt_tokens: float
+    ttft_ms: float | None
+    tokens_per_s: float | None
+    prediction_ms: float | None
+
+    @classmethod
+    def from_samples(
+        cls, samples: Sequence[Sample], at: datetime, model: str | None = None
+    ) -> MetricsSnapshot:
+        """Pick our metrics out of a parsed ``/metrics`` answer.
+
+        >>> from tschat.metrics import parse_prometheus
+        >>> samples = parse_prometheus('''
+        ... ts_inference_requests_total{model_name="smollm2",model_version="1.0",} 3.0
+        ... ts_inference_requests_total{model_name="other",model_version="1.0",} 5.0
+        ... GeneratedTokens{ModelName="smollm2",Hostname="vm",} 52.0
+        ... TimeToFirstToken{ModelName="smollm2",Hostname="vm",} 120.5
+        ... ''')
+        >>> now = datetime(2025, 1, 1)
+        >>> one = MetricsSnapshot.from_samples(samples, now, "smollm2")
+        >>> one.requests, one.generated_tokens, one.ttft_ms, one.tokens_per_s
+        (3.0, 52.0, 120.5, None)
+        >>> MetricsSnapshot.from_samples(samples, now).requests
+        8.0
+        """
+        frontend = {"model_name": model} if model else {}
+        backend = {"ModelName": model} if model else {}
+        return cls(
+            at=at,
+            requests=total(samples, REQUESTS, **frontend),
+            queue_us=total(samples, QUEUE_LATENCY, **frontend),
+            inference_us=total(samples, INFERENCE_LATENCY, **frontend),
+            generated_tokens=total(samples, GENERATED_TOKENS, **backend),
+            prompt_tokens=total(samples, PROMPT_TOKENS, **backend),
+            ttft_ms=_gauge(samples, TIME_TO_FIRST_TOKEN, backend),
+            tokens_per_s=_gauge(samples, TOKENS_PER_SECOND, backend),
+            prediction_ms=_gauge(samples, PREDICTION_TIME, backend),
+        )
+
+
+def _gauge(samples: Sequence[Sample], name: str, labels: dict[str, str]) -> float | None:
+    """A gauge's value; with several models and no model chosen, the largest."""
+    found = select(samples, name, **labels)
+    return max(sample.value for sample in found) if found else None
+
+
+class MetricsHistory:
+    """The last ``max_points`` snapshots and the rates between them."""
+
+    def __init__(self, max_points: int = 360) -> None:
+        self.snapshots: deque[MetricsSnapshot] = deque(maxlen=max_points)
+
+    def add(self, snapshot: MetricsSnapshot) -> None:
+        """Keep one snapshot; one older than the last one is ignored."""
+        if self.snapshots and snapshot.at <= self.snapshots[-1].at:
+            return
+        self.snapshots.append(snapshot)
+
+    def clear(self) -> None:
+        """Forget everything (e.g. when the model to watch changes)."""
+        self.snapshots.clear()
+
+    def __len__(self) -> int:
+        return len(self.snapshots)
+
+    def rows(self, window_s: float = 10.0) -> list[dict[str, Any]]:
+        """One row per snapshot after the first: rates and mean latencies, and the gauges.
+
+        Rates and latencies are taken over the last ``window_s`` seconds (like Prometheus'
+        ``rate()``), because counters move only when a request finishes and would otherwise
+        show as spikes. The gauges are None unless a request finished since the snapshot
+        before, so charts show gaps instead of repeating an old value. A counter that went
+        down means TorchServe restarted: the window never reaches back across that.
+
+        >>> from datetime import timedelta
+        >>> t = datetime(2025, 1, 1)
+        >>> history = MetricsHistory()
+        >>> history.add(MetricsSnapshot(t, 10, 1e6, 9e6, 100, 50, 200.0, 20.0, 400.0))
+        >>> later = t + timedelta(seconds=2)
+        >>> history.add(MetricsSnapshot(later, 14, 1.2e6, 11e6, 180, 70, 150.0, 25.0, 300.0))
+        >>> row = history.rows()[0]
+        >>> row["requests/s"], row["queue ms"], row["total ms"], row["generated tokens/s"]
+        (2.0, 50.0, 500.0, 40.0)
+        >>> row["time to first token ms"], row["handler ms"]
+        (150.0, 300.0)
+        >>> quiet = t + timedelta(seconds=4)  # nothing finished in the last 2 s
+        >>> history.add(MetricsSnapshot(quiet, 14, 1.2e6, 11e6, 180, 70, 150.0, 25.0, 300.0))
+        >>> row = history.rows()[1]
+        >>> row["requests/s"], row["generated tokens/s"], row["time to first token ms"]
+        (1.0, 20.0, None)
+        """
+        rows: list[dict[str, Any]] = []
+        points = list(self.snapshots)
+        for index in range(1, len(points)):
+            after, previous = points[index], points[index - 1]
+            if _restarted(previous, after):
+                continue
+            start = index - 1
+            while (
+                start > 0
+                and (after.at - points[start - 1].at).total_seconds() <= window_s
+                and not _restarted(points[start - 1], points[start])
+            ):
+                start -= 1
+            before = points[start]
+            seconds = (after.at - before.at).total_seconds()
+            if seconds <= 0:
+                continue
+            done = after.requests - before.requests
+            finished = (
+                after.requests > previous.requests
+                or after.generated_tokens > previous.generated_tokens
+            )
+            rows.append(
+                {
+                    "time": after.at,
+                    "requests/s": done / seconds,
+                    "queue ms": _per(after.queue_us - before.queue_us, done),
+                    "handler ms": after.prediction_ms if finished else None,
+                    "total ms": _per(after.inference_us - before.inference_us, done),
+                    "generated tokens/s": (after.generated_tokens - before.generated_tokens)
+                    / seconds,
+                    "decode tokens/s (last request)": after.tokens_per_s if finished else None,
+                    "time to first token ms": after.ttft_ms if finished else None,
+                }
+            )
+        return rows
+
+    def latest(self) -> MetricsSnapshot | None:
+        """The newest snapshot."""
+        return self.snapshots[-1] if self.snapshots else None
+
+
+def _restarted(before: MetricsSnapshot, after: MetricsSnapshot) -> bool:
+    """Whether a counter went down between two snapshots (TorchServe started again)."""
+    return after.requests < before.requests or after.generated_tokens < before.generated_tokens
+
+
+def _per(microseconds: float, requests: float) -> float | None:
+    return microseconds / requests / 1000.0 if requests > 0 else None
+
+
+# ---------------------------------------------------------------- models and workers
+
+
+def registered_models(management: ManagementClient) -> list[ModelStatus]:
+    """Every registered model's status (one unregistered meanwhile is left out)."""
+    statuses = []
+    for entry in management.list_models():
+        with contextlib.suppress(ModelNotFound):
+            statuses.append(management.describe_model(entry.name))
+    return statuses
+
+
+def model_row(status: ModelStatus) -> dict[str, Any]:
+    """A registered model as one table row."""
+    workers = (
+        f"{status.min_workers}"
+        if status.min_workers == status.max_workers
+        else f"{status.min_workers}-{status.max_workers}"
+    )
+    return {
+        "model": status.name,
+        "version": status.version,
+        "archive": status.url,
+        "ready workers": f"{status.ready_workers} of {len(status.workers)}",
+        "workers (min-max)": workers,
+        "batch size": status.batch_size,
+        "max batch delay (ms)": status.max_batch_delay,
+        "response timeout (s)": status.response_timeout,
+        "queued requests": status.pending_requests,
+    }
+
+
+def worker_rows(status: ModelStatus) -> list[dict[str, Any]]:
+    """The workers of a model as table rows: id, status, PID, memory, GPU, started."""
+    return [_worker_row(worker) for worker in status.workers]
+
+
+def _worker_row(worker: WorkerStatus) -> dict[str, Any]:
+    memory = worker.memory_usage
+    if not memory and worker.pid:
+        # TorchServe fills memoryUsage only with its periodic system metrics; ask the OS.
+        with contextlib.suppress(psutil.Error):
+            memory = psutil.Process(worker.pid).memory_info().rss
+    return {
+        "id": worker.id,
+        "status": worker.status,
+        "PID": worker.pid,
+        "memory (MiB)": round(memory / MIB, 1) if memory else None,
+        "GPU": "yes" if worker.gpu else "no",
+        "started": worker.start_time,
+    }
+
+
+# ---------------------------------------------------------------- logs
+
+
+def filter_lines(
+    text: str, query: str, *, last: int | None = None, newest_first: bool = False
+) -> str:
+    """The lines of ``text`` that contain ``query`` (case-insensitive), optionally the last few.
+
+    >>> log = "INFO start\\nWARN slow worker\\nINFO done\\nERROR Worker died"
+    >>> filter_lines(log, "worker")
+    'WARN slow worker\\nERROR Worker died'
+    >>> filter_lines(log, "", last=2, newest_first=True)
+    'ERROR Worker died\\nINFO done'
+    """
+    needle = query.strip().lower()
+    lines: Iterable[str] = text.splitlines()
+    if needle:
+        lines = [line for line in lines if needle in line.lower()]
+    kept = list(lines)
+    if last is not None:
+        kept = kept[-last:] if last > 0 else []
+    return "\n".join(reversed(kept) if newest_first else kept)

