@@ -1,5 +1,6 @@
 # make run    set everything up (first time: several minutes), then serve the model and both apps
 # make test   set up, add the test tools, run the whole test suite
+# make bench  measure batching configurations side by side (about 10 minutes; not part of test)
 #
 # Each install step leaves a stamp file in the virtual environment, so a second run installs
 # nothing.  Variables can be overridden: make run BACKEND=cuda, make test PYTEST_ARGS="-k gguf".
@@ -14,6 +15,7 @@ SMOLLM2_VERSION ?= 0.1.2
 MODEL_STORE ?= model_store
 MODEL_NAME ?= smollm2
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 # Non-interactive everywhere (CI has no stdin).
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
@@ -31,13 +33,15 @@ ARCHIVE := $(MODEL_STORE)/$(MODEL_NAME).mar
 HANDLER_FILES := $(wildcard handlers/*.py)
 
 .DEFAULT_GOAL := help
-.PHONY: help run setup system model test lint stop clean
+.PHONY: help run setup system model test soak bench lint stop clean
 
 help:
 	@echo "make run      set up (once) and start TorchServe, the console and the chat app"
 	@echo "make test     set up, install test tools and browser, run the tests"
 	@echo "make setup    everything 'run' does except starting (BACKEND=cpu|cuda|metal)"
 	@echo "make model    package the default model into $(ARCHIVE)"
+	@echo "make bench    benchmark batching configurations (BENCH_ARGS=--quick for a short run)"
+	@echo "make soak     1,000 requests; worker memory and descriptors must not grow"
 	@echo "make lint     ruff check, ruff format --check, mypy"
 	@echo "make stop     stop the TorchServe started by 'make run'"
 	@echo "make clean    remove var/ and the packaged archives"
@@ -81,6 +85,14 @@ $(ARCHIVE): $(HANDLER_FILES) model-config.yaml package_model.sh | $(STAMP_REQUIR
 test: setup model $(STAMP_DEV)
 	@bash scripts/install_system.sh --browser
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Starts its own TorchServe on free ports and packages its own archives; prints the targets.
+bench: setup
+	$(PY) -m benchmarks.run $(BENCH_ARGS)
+
+# 1,000 requests against a real TorchServe: worker memory and file descriptors must stay flat.
+soak: setup model $(STAMP_DEV)
+	$(PY) -m pytest -m soak -s tests/soak
 
 lint: $(STAMP_DEV)
 	$(PY) -m ruff check .
