@@ -177,19 +177,20 @@ def _live_view(settings: Settings) -> None:
         return
     if not models:
         st.info("No model is registered. Register one in the Models tab.")
+    engines = monitor.worker_engines(process.tail_log(settings, "model_log.log", lines=2000))
     for status in models:
-        _model_panel(status)
+        _model_panel(status, engines)
     _charts(settings, [m.name for m in models])
 
 
-def _model_panel(status: ModelStatus) -> None:
+def _model_panel(status: ModelStatus, engines: dict[int, dict[str, Any]]) -> None:
     st.subheader(f"{status.name} {status.version}")
     ready, queued, batch, delay = st.columns(4)
     ready.metric("READY workers", f"{status.ready_workers} of {len(status.workers)}")
     queued.metric("Queued requests", status.pending_requests if status.pending_requests else 0)
     batch.metric("Batch size", status.batch_size)
     delay.metric("Max batch delay", f"{status.max_batch_delay} ms")
-    rows = monitor.worker_rows(status)
+    rows = monitor.worker_rows(status, engines)
     if rows:
         st.dataframe(pd.DataFrame(rows), hide_index=True, key=f"workers_{status.name}")
     else:

@@ -37,6 +37,7 @@ from ts.protocol.otf_message_handler import create_predict_response
 
 logger = logging.getLogger(__name__)
 
+WORKER_INFO_MARK = "llama.cpp worker ready:"
 SSE_TYPE = "text/event-stream; charset=utf-8"
 JSON_TYPE = "application/json"
 TEXT_TYPE = "text/plain; charset=utf-8"
@@ -115,7 +116,8 @@ class LlamaCppHandler:
         self._seeds = random.Random(None if seed in (None, -1) else int(seed))
         self.info = self.engine.describe()
         self._metrics = _HandlerMetrics(context, self.model_name)
-        logger.info("Loaded %s: %s", model_path, json.dumps(self.info))
+        # One line per worker that the console reads to show backend, devices and layers.
+        logger.info("%s %s", WORKER_INFO_MARK, json.dumps({**self.info, "pid": os.getpid()}))
         self.initialized = True
 
     # -- serving ---------------------------------------------------------------------------

@@ -9,8 +9,9 @@ snapshots into rates, one row per interval, ready for ``pandas.DataFrame(history
 from __future__ import annotations
 
 import contextlib
+import json
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -232,12 +233,54 @@ def model_row(status: ModelStatus) -> dict[str, Any]:
     }
 
 
-def worker_rows(status: ModelStatus) -> list[dict[str, Any]]:
-    """The workers of a model as table rows: id, status, PID, memory, GPU, started."""
-    return [_worker_row(worker) for worker in status.workers]
+WORKER_INFO_MARK = "llama.cpp worker ready:"  # written by handlers/llama_cpp_handler.py
 
 
-def _worker_row(worker: WorkerStatus) -> dict[str, Any]:
+def worker_engines(model_log: str) -> dict[int, dict[str, Any]]:
+    r"""What each worker's llama.cpp engine runs on, by worker PID, from the model log.
+
+    >>> line = 'MODEL_LOG - llama.cpp worker ready: {"pid": 7, "backend": "cpu", "n_layers": 30}'
+    >>> worker_engines("noise\n" + line)
+    {7: {'pid': 7, 'backend': 'cpu', 'n_layers': 30}}
+    """
+    engines: dict[int, dict[str, Any]] = {}
+    for line in model_log.splitlines():
+        _, mark, payload = line.partition(WORKER_INFO_MARK)
+        if not mark:
+            continue
+        with contextlib.suppress(ValueError):
+            info = json.loads(payload)
+            if isinstance(info, dict) and isinstance(info.get("pid"), int):
+                engines[info["pid"]] = info
+    return engines
+
+
+def worker_rows(
+    status: ModelStatus, engines: Mapping[int, Mapping[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """The workers of a model as table rows: id, status, PID, memory, engine, started."""
+    return [_worker_row(worker, (engines or {}).get(worker.pid or -1)) for worker in status.workers]
+
+
+def _engine_columns(engine: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Backend, layers per device and offloaded layers of one worker's engine.
+
+    >>> _engine_columns({"backend": "rpc+cpu", "n_layers": 30, "n_gpu_layers": 31,
+    ...                  "layers_by_device": {"RPC0": 16, "RPC1": 15}})
+    {'backend': 'rpc+cpu', 'devices': 'RPC0: 16, RPC1: 15', 'offloaded layers': '31/31'}
+    """
+    if not engine:
+        return {"backend": None, "devices": None, "offloaded layers": None}
+    devices = engine.get("layers_by_device") or {}
+    total = int(engine.get("n_layers") or 0) + 1  # llama.cpp counts the output layer too
+    return {
+        "backend": engine.get("backend"),
+        "devices": ", ".join(f"{name}: {n}" for name, n in devices.items()),
+        "offloaded layers": f"{engine.get('n_gpu_layers', 0)}/{total}",
+    }
+
+
+def _worker_row(worker: WorkerStatus, engine: Mapping[str, Any] | None = None) -> dict[str, Any]:
     memory = worker.memory_usage
     if not memory and worker.pid:
         # TorchServe fills memoryUsage only with its periodic system metrics; ask the OS.
@@ -249,6 +292,7 @@ def _worker_row(worker: WorkerStatus) -> dict[str, Any]:
         "PID": worker.pid,
         "memory (MiB)": round(memory / MIB, 1) if memory else None,
         "GPU": "yes" if worker.gpu else "no",
+        **_engine_columns(engine),
         "started": worker.start_time,
     }
 

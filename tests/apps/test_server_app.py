@@ -236,6 +236,10 @@ def test_live_view_shows_workers_queue_and_charts(
     pid = management.describe_model(MODEL).workers[0].pid
     assert list(workers["PID"]) == [pid]
     assert workers["memory (MiB)"].iloc[0] > 10  # the model is loaded in that process
+    # The worker's llama.cpp engine, as its handler reported it at load.
+    assert list(workers["backend"]) == ["cpu"]
+    assert list(workers["devices"]) == ["CPU: 31"]
+    assert list(workers["offloaded layers"]) == ["0/31"]
     metrics = {metric.label: metric.value for metric in tab.metric}
     assert metrics["READY workers"] == "1 of 1"
     assert metrics["Queued requests"] == "0"
