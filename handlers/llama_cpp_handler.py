@@ -98,6 +98,7 @@ class LlamaCppHandler:
                 rpc_servers=rpc_servers,
                 split_mode=str(config.get("split_mode", "none" if one_gpu else "layer")),
                 tensor_split=tuple(float(x) for x in config.get("tensor_split") or ()),
+                kv_unified=bool(config.get("kv_unified", False)),
             )
         )
         template = config.get("chat_template") or self.engine.metadata("tokenizer.chat_template")
