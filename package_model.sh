@@ -33,9 +33,14 @@ Archive:
 
 TorchServe (model-config.yaml top level):
   --workers N             worker processes, min and max (default: 1)
-  --batch-size N          most requests batched together (default: 4)
-  --max-batch-delay MS    how long to wait to fill a batch (default: 50)
+  --batch-size N          most requests batched together (default: 8)
+  --max-batch-delay MS    how long to wait to fill a batch (default: 10)
   --response-timeout S    seconds before a silent worker is restarted (default: 300)
+  --continuous-batching   TorchServe calls the handler once per decode step, so a request that
+                          arrives while others generate joins them at the next step, and one
+                          whose client left is cancelled (the default; continuousBatching: true)
+  --dynamic-batching      TorchServe hands over a batch at a time, which runs to its end
+                          (continuousBatching: false)
 
 llama.cpp (model-config.yaml handler:):
   --n-ctx N               context window in tokens (default: 2048)
@@ -50,6 +55,7 @@ Examples:
   $(basename "$0")                                     # model_store/smollm2.mar
   $(basename "$0") --name qwen ~/models/qwen2.5-0.5b-instruct-q4_k_m.gguf
   $(basename "$0") --quantize Q4_K_M --name mymodel ~/models/mymodel-f16.gguf
+  $(basename "$0") --dynamic-batching --batch-size 4 --max-batch-delay 50
 USAGE
 }
 
@@ -80,9 +86,10 @@ allow_requantize=0
 handler_dir="$script_dir/handlers"
 config_template="$script_dir/model-config.yaml"
 workers=1
-batch_size=4
-max_batch_delay=50
+batch_size=8
+max_batch_delay=10
 response_timeout=300
+continuous_batching=1
 n_ctx=2048
 threads=2
 gpu_layers=-1
@@ -120,6 +127,8 @@ while [[ $# -gt 0 ]]; do
     --batch-size) need_value "$@"; batch_size=$2; shift 2 ;;
     --max-batch-delay) need_value "$@"; max_batch_delay=$2; shift 2 ;;
     --response-timeout) need_value "$@"; response_timeout=$2; shift 2 ;;
+    --continuous-batching) continuous_batching=1; shift ;;
+    --dynamic-batching) continuous_batching=0; shift ;;
     --n-ctx) need_value "$@"; n_ctx=$2; shift 2 ;;
     --threads) need_value "$@"; threads=$2; shift 2 ;;
     --gpu-layers) need_value "$@"; gpu_layers=$2; shift 2 ;;
@@ -240,7 +249,7 @@ fi
 step "Writing model-config.yaml for '$name'"
 mkdir -p "$work/config"
 "$python" - "$config_template" "$work/config/model-config.yaml" "$model" "$model_file" \
-  "$workers" "$batch_size" "$max_batch_delay" "$response_timeout" \
+  "$workers" "$batch_size" "$max_batch_delay" "$response_timeout" "$continuous_batching" \
   "$n_ctx" "$threads" "$gpu_layers" "$seed" "$chat_template" <<'PY'
 import os
 import sys
@@ -250,13 +259,18 @@ import yaml
 from tschat.gguf import read_gguf_info
 
 (template, out, model, model_file, workers, batch_size, max_batch_delay, response_timeout,
- n_ctx, threads, gpu_layers, seed, chat_template) = sys.argv[1:]
+ continuous_batching, n_ctx, threads, gpu_layers, seed, chat_template) = sys.argv[1:]
 with open(template, encoding="utf-8") as f:
     config = yaml.safe_load(f)
 config["minWorkers"] = config["maxWorkers"] = int(workers)
 config["batchSize"] = int(batch_size)
 config["maxBatchDelay"] = int(max_batch_delay)
 config["responseTimeout"] = int(response_timeout)
+# A top-level key for TorchServe, placed before the handler's section.
+handler_section = config.pop("handler", None)
+config["continuousBatching"] = continuous_batching == "1"
+if handler_section is not None:
+    config["handler"] = handler_section
 handler = config.setdefault("handler", {})
 handler["model_path"] = model_file  # relative: the file sits at the archive's top level
 handler["n_ctx"] = int(n_ctx)
@@ -272,7 +286,9 @@ with open(out, "w", encoding="utf-8") as f:
 
 print(
     f"    workers={workers} batchSize={batch_size} maxBatchDelay={max_batch_delay}ms "
-    f"responseTimeout={response_timeout}s n_ctx={n_ctx} n_threads={threads} "
+    f"responseTimeout={response_timeout}s"
+    + (" continuousBatching=true" if continuous_batching == "1" else "")
+    + f" n_ctx={n_ctx} n_threads={threads} "
     f"n_gpu_layers={gpu_layers} seed={seed}"
     + (f" chat_template={os.path.basename(chat_template)}" if chat_template else "")
 )

@@ -70,7 +70,14 @@ def test_help() -> None:
     result = subprocess.run(["bash", str(SCRIPT), "--help"], capture_output=True, text=True)
     assert result.returncode == 0
     assert result.stdout.startswith("Usage:")
-    for option in ("--name", "--output-dir", "--quantize", "--force", "--chat-template"):
+    for option in (
+        "--name",
+        "--output-dir",
+        "--quantize",
+        "--force",
+        "--chat-template",
+        "--continuous-batching",
+    ):
         assert option in result.stdout
 
 
@@ -133,6 +140,30 @@ def test_defaults_match_the_template(handler_dir: Path, store: Path) -> None:
     assert result.returncode == 0, result.stderr
     template = yaml.safe_load((REPO / "model-config.yaml").read_text())
     assert archive_config(store / "smollm2.mar") == template
+
+
+def test_continuous_batching_is_the_default(handler_dir: Path, store: Path) -> None:
+    result = package(handler_dir, "--output-dir", str(store), "--continuous-batching")
+    assert result.returncode == 0, result.stderr
+    assert "continuousBatching=true" in result.stdout
+    config = archive_config(store / "smollm2.mar")
+    # A top-level key: TorchServe reads it there, not under handler:.
+    assert config["continuousBatching"] is True
+    assert config["batchSize"] == 8
+    assert "continuousBatching" not in config["handler"]
+    template = yaml.safe_load((REPO / "model-config.yaml").read_text())
+    assert config == template
+
+
+def test_dynamic_batching(handler_dir: Path, store: Path) -> None:
+    result = package(
+        handler_dir, "--output-dir", str(store), "--dynamic-batching", "--batch-size", "4"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "continuousBatching=true" not in result.stdout
+    config = archive_config(store / "smollm2.mar")
+    assert config["continuousBatching"] is False
+    assert config["batchSize"] == 4
 
 
 def test_given_gguf_with_name_and_derived_name(

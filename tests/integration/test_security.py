@@ -7,12 +7,12 @@ import stat
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
+import tomllib
 
 from tschat import process
 

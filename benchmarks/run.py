@@ -1,0 +1,510 @@
+"""Measure batching side by side: in-process limits, then TorchServe configurations under load.
+
+One run, one model, the same threads throughout:
+
+1. in-process (no server): one sequence at a time (the single-stream limit), and a batch of 8
+   decoded together (the batched limit);
+2. a TorchServe of its own (free loopback ports, a temporary run directory and model store,
+   archives built with package_model.sh), one configuration registered at a time:
+
+   =========  =====================================================================
+   b1w1       batch size 1, 1 worker with 2 threads
+   b1w2       batch size 1, 2 workers with 1 thread each (threads live in the archive)
+   b8         batch size 8, dynamic batching (max_batch_delay 50 ms), 1 worker, 2 threads
+   cont8      continuous batching, batch size 8, 1 worker, 2 threads
+   b4w2       batch size 4, dynamic, 2 workers with 1 thread each (only with --configs)
+   =========  =====================================================================
+
+   each at 1, 4, 8 and 16 concurrent streaming clients, plus 8 clients arriving staggered for
+   the batching configurations.
+
+It prints each cell as it is measured, then the issue's target ratios with PASS/FAIL, and
+writes benchmarks/results/bench-<time>.csv, .md and .html (a Plotly chart).
+
+    python -m benchmarks.run            # full run, about 6 minutes on 2 cores
+    python -m benchmarks.run --quick    # smoke run, under a minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the checkout importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import psutil
+import yaml
+
+from benchmarks import inprocess, report
+from benchmarks.loadgen import LoadSpec, format_summary, make_prompt, run_load
+from benchmarks.report import INPROC_BATCH, INPROC_SINGLE, Row
+from tschat import process
+from tschat.auth import KeyStore
+from tschat.management import ManagementClient
+from tschat.settings import REPO_ROOT, Settings
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PACKAGE_SCRIPT = REPO_ROOT / "package_model.sh"
+
+
+@dataclass(frozen=True)
+class ServedConfig:
+    """One serving configuration: its own archive, registered under ``key``."""
+
+    key: str
+    label: str
+    batch_size: int
+    max_batch_delay_ms: int
+    workers: int
+    threads: int
+    continuous: bool = False
+    extra: bool = False  # measured only when asked for with --configs
+
+    def package_args(self) -> list[str]:
+        args = [
+            "--name", self.key,
+            "--workers", str(self.workers),
+            "--threads", str(self.threads),
+            "--batch-size", str(self.batch_size),
+            "--max-batch-delay", str(self.max_batch_delay_ms),
+        ]  # fmt: skip
+        return args + (["--continuous-batching"] if self.continuous else ["--dynamic-batching"])
+
+
+def served_configs(
+    threads: int, batch: int, delay_ms: int, continuous_delay_ms: int
+) -> list[ServedConfig]:
+    """The issue's four configurations and one more, for a thread budget of ``threads``."""
+    per_worker = max(threads // 2, 1)
+    half = max(batch // 2, 1)
+    return [
+        ServedConfig("b1w1", f"batch 1, 1 worker x {threads} threads", 1, 0, 1, threads),
+        ServedConfig("b1w2", f"batch 1, 2 workers x {per_worker} thread", 1, 0, 2, per_worker),
+        ServedConfig(f"b{batch}", f"batch {batch} dynamic ({delay_ms} ms)", batch, delay_ms, 1,
+                     threads),
+        ServedConfig(f"cont{batch}", f"continuous, batch {batch} ({continuous_delay_ms} ms)",
+                     batch, continuous_delay_ms, 1, threads, continuous=True),
+        # Not one of the issue's four: batching and two workers at once. Dynamic, because
+        # TorchServe 0.12's continuous batching stalls with two workers (see README).
+        ServedConfig(f"b{half}w2", f"batch {half} dynamic ({delay_ms} ms), 2 workers x "
+                     f"{per_worker} thread", half, delay_ms, 2, per_worker, extra=True),
+    ]  # fmt: skip
+
+
+# ---------------------------------------------------------------- a private TorchServe
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(count):
+            probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            probe.bind(("127.0.0.1", 0))
+            sockets.append(probe)
+        return [int(probe.getsockname()[1]) for probe in sockets]
+    finally:
+        for probe in sockets:
+            probe.close()
+
+
+def bench_settings(root: Path) -> Settings:
+    """Settings for a throwaway TorchServe under ``root`` on free loopback ports."""
+    ports = _free_ports(5)
+    return Settings(
+        host="127.0.0.1",
+        run_dir=root / "var",
+        model_store=root / "store",
+        inference_port=ports[0],
+        management_port=ports[1],
+        metrics_port=ports[2],
+        grpc_inference_port=ports[3],
+        grpc_management_port=ports[4],
+        request_timeout_s=180.0,
+    )
+
+
+def package(config: ServedConfig, store: Path, model: Path) -> Path:
+    """Build store/KEY.mar with package_model.sh."""
+    argv = ["bash", str(PACKAGE_SCRIPT), "--python", sys.executable, "--output-dir", str(store)]
+    argv += ["--force", *config.package_args(), str(model)]
+    result = subprocess.run(
+        argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600, check=False
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"package_model.sh failed for {config.key}:\n{result.stderr}")
+    archive = store / f"{config.key}.mar"
+    with zipfile.ZipFile(archive) as packed:
+        written = yaml.safe_load(packed.read("model-config.yaml"))
+    wanted = {"continuousBatching": config.continuous, "batchSize": config.batch_size}
+    found = {"continuousBatching": bool(written.get("continuousBatching", False))}
+    found["batchSize"] = written.get("batchSize")
+    if found != wanted:
+        raise RuntimeError(f"{archive.name} holds {found}, not {wanted}")
+    return archive
+
+
+class ProcessSampler:
+    """Worker memory and CPU time of each process group while a load runs.
+
+    Peak RSS and PSS of each worker are sampled in the background; CPU time is read at the
+    start and the end for the workers, the Java frontend and this process (the clients).
+    """
+
+    def __init__(self, pids: Sequence[int], frontend: int | None, interval_s: float = 0.5) -> None:
+        self.pids = list(pids)
+        self.interval_s = interval_s
+        self.rss: dict[int, int] = {}
+        self.pss: dict[int, int] = {}
+        self._groups = {"workers": self.pids, "frontend": [frontend] if frontend else []}
+        self._groups["client"] = [os.getpid()]
+        self._cpu_start: dict[str, float] = {}
+        self.cpu_s: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="process-sampler", daemon=True)
+
+    def _cpu(self) -> dict[str, float]:
+        used = {}
+        for name, pids in self._groups.items():
+            total = 0.0
+            for pid in pids:
+                with contextlib.suppress(psutil.Error):
+                    times = psutil.Process(pid).cpu_times()
+                    total += times.user + times.system
+            used[name] = total
+        return used
+
+    def sample(self) -> None:
+        for pid in self.pids:
+            with contextlib.suppress(psutil.Error):
+                info = psutil.Process(pid).memory_full_info()
+                self.rss[pid] = max(self.rss.get(pid, 0), info.rss)
+                self.pss[pid] = max(self.pss.get(pid, 0), getattr(info, "pss", 0))
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sample()
+
+    def __enter__(self) -> ProcessSampler:
+        self.sample()
+        self._cpu_start = self._cpu()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end = self._cpu()
+        self.cpu_s = {name: end[name] - self._cpu_start[name] for name in end}
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+    def mb(self, table: dict[int, int]) -> tuple[float, ...]:
+        return tuple(table[pid] / 2**20 for pid in self.pids if table.get(pid))
+
+
+# ---------------------------------------------------------------- the run
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one run measures."""
+
+    clients: tuple[int, ...]
+    rounds: int
+    min_requests: int
+    max_tokens: int
+    prompt: str
+    threads: int
+    batch: int
+    stagger_s: float
+    inproc_single_repeats: int
+    inproc_batch_repeats: int
+    configs: tuple[ServedConfig, ...]
+    timeout_s: float = 180.0
+
+    def requests_for(self, clients: int) -> int:
+        return max(clients * self.rounds, self.min_requests)
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def measure_inprocess(plan: Plan, model: Path) -> list[Row]:
+    """The single-stream and batched limits, one row each."""
+    rows = []
+    for sequences, repeats, kind in (
+        (1, plan.inproc_single_repeats, INPROC_SINGLE),
+        (plan.batch, plan.inproc_batch_repeats, INPROC_BATCH),
+    ):
+        result = inprocess.measure(
+            model, plan.threads, plan.prompt, plan.max_tokens, sequences, repeats
+        )
+        row = Row(
+            kind,
+            result.name,
+            sequences,
+            0.0,
+            sequences,
+            0,
+            0,
+            plan.threads,
+            False,
+            result.summary,
+        )
+        say(f"{result.name:<44} {format_summary(result.summary)}")
+        rows.append(row)
+    return rows
+
+
+def measure_config(
+    plan: Plan, config: ServedConfig, settings: Settings, keys: KeyStore
+) -> list[Row]:
+    """Register one configuration, load it at each client count, unregister it."""
+    management = ManagementClient(settings, keys)
+    management.register_model(f"{config.key}.mar", initial_workers=config.workers, synchronous=True)
+    rows: list[Row] = []
+    try:
+        status = management.wait_until_ready(config.key, timeout=180)
+        deadline = time.monotonic() + 60
+        while status.ready_workers < config.workers and time.monotonic() < deadline:
+            time.sleep(0.5)
+            status = management.describe_model(config.key)
+        if status.batch_size != config.batch_size or status.ready_workers != config.workers:
+            raise RuntimeError(
+                f"{config.key}: TorchServe reports batch size {status.batch_size} and "
+                f"{status.ready_workers} ready workers, expected {config.batch_size} and "
+                f"{config.workers}"
+            )
+        pids = [w.pid for w in status.workers if w.pid is not None]
+        frontend = process.status(settings).pid
+        url = settings.inference_url
+        # Warm-up: every worker answers, and the frontend's JIT compiles, before any timing.
+        run_load(url, keys, config.key, LoadSpec(4, 8, 16))
+
+        def cell(clients: int, stagger: float, requests: int) -> Row:
+            spec = LoadSpec(
+                clients=clients,
+                requests=requests,
+                max_tokens=plan.max_tokens,
+                prompt=plan.prompt,
+                stagger_s=stagger,
+                timeout_s=plan.timeout_s,
+            )
+            with ProcessSampler(pids, frontend) as sampler:
+                result = run_load(url, keys, config.key, spec)
+            row = Row(
+                config.key,
+                config.label,
+                clients,
+                stagger,
+                config.batch_size,
+                config.max_batch_delay_ms,
+                config.workers,
+                config.threads,
+                config.continuous,
+                result.summary,
+                sampler.mb(sampler.rss),
+                sampler.mb(sampler.pss),
+                cpu_workers_s=sampler.cpu_s["workers"],
+                cpu_frontend_s=sampler.cpu_s["frontend"],
+                cpu_client_s=sampler.cpu_s["client"],
+            )
+            arrival = f", {stagger:g} s apart" if stagger else ""
+            say(
+                f"{config.label:<36} {clients:>2} clients{arrival:<12} "
+                f"{format_summary(result.summary)}; RSS "
+                + "+".join(f"{m:.0f}" for m in row.worker_rss_mb)
+                + f" MB; CPU s workers {row.cpu_workers_s:.1f} frontend {row.cpu_frontend_s:.1f}"
+                f" clients {row.cpu_client_s:.1f}"
+            )
+            for error in result.summary.errors:
+                say(f"    error: {error}")
+            return row
+
+        for clients in plan.clients:
+            rows.append(cell(clients, 0.0, plan.requests_for(clients)))
+        if config.batch_size > 1 and plan.stagger_s > 0:
+            rows.append(cell(plan.batch, plan.stagger_s, plan.batch))
+    finally:
+        with contextlib.suppress(Exception):
+            management.unregister_model(config.key)
+    return rows
+
+
+def measure_served(plan: Plan, model: Path, keep: bool) -> list[Row]:
+    root = Path(tempfile.mkdtemp(prefix="tsbench-"))
+    settings = bench_settings(root)
+    rows: list[Row] = []
+    try:
+        say(f"Packaging {len(plan.configs)} archives into {settings.model_store} ...")
+        for config in plan.configs:
+            package(config, settings.model_store, model)
+        say(f"Starting TorchServe on 127.0.0.1:{settings.inference_port} (run dir {root}) ...")
+        process.start(settings)
+        keys = KeyStore(settings)
+        for config in plan.configs:
+            try:
+                rows += measure_config(plan, config, settings, keys)
+            except Exception as exc:  # noqa: BLE001 - one broken configuration spoils no other
+                say(f"{config.label}: not measured ({type(exc).__name__}: {exc})")
+    finally:
+        process.stop(settings)
+        if keep:
+            say(f"Kept the run directory and logs: {root}")
+        else:
+            subprocess.run(["rm", "-rf", str(root)], check=False)
+    return rows
+
+
+def build_plan(args: argparse.Namespace) -> Plan:
+    configs = served_configs(args.threads, args.batch, args.max_batch_delay, args.continuous_delay)
+    if args.configs:
+        wanted = set(args.configs.split(","))
+        unknown = wanted - {c.key for c in configs}
+        if unknown:
+            raise SystemExit(f"unknown configurations: {', '.join(sorted(unknown))}")
+        configs = [c for c in configs if c.key in wanted]
+    else:
+        configs = [c for c in configs if not c.extra]
+    clients = tuple(int(c) for c in args.clients.split(","))
+    if any(c < 1 for c in clients):
+        raise SystemExit("--clients takes positive counts, e.g. 1,4,8,16")
+    return Plan(
+        clients=clients,
+        rounds=args.rounds,
+        min_requests=args.min_requests,
+        max_tokens=args.max_tokens,
+        prompt=make_prompt(args.prompt_words),
+        threads=args.threads,
+        batch=args.batch,
+        stagger_s=args.stagger,
+        inproc_single_repeats=args.min_requests,
+        inproc_batch_repeats=args.rounds,
+        configs=tuple(configs),
+    )
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description="In-process limits and TorchServe batching configurations, side by side.",
+    )
+    parser.add_argument("--quick", action="store_true", help="small smoke run (under a minute)")
+    parser.add_argument(
+        "--clients", default=None, help="concurrent client counts (default 1,4,8,16)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="requests per client per cell (default 2)"
+    )
+    parser.add_argument(
+        "--min-requests", type=int, default=None, help="fewest requests in a cell (default 6)"
+    )
+    parser.add_argument(
+        "--max-tokens", type=int, default=None, help="answer length in tokens (default 128)"
+    )
+    parser.add_argument(
+        "--prompt-words", type=int, default=0, help="pad the prompt to about N words"
+    )
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads in all (default 2)")
+    parser.add_argument("--batch", type=int, default=8, help="batch size of the batching configs")
+    parser.add_argument(
+        "--max-batch-delay", type=int, default=50, help="dynamic batching delay in ms (default 50)"
+    )
+    parser.add_argument(
+        "--continuous-delay",
+        type=int,
+        default=10,
+        help="maxBatchDelay of the continuous config: how long an idle worker waits to fill "
+        "its first step (default 10 ms; later arrivals join at the next step anyway)",
+    )
+    parser.add_argument(
+        "--stagger",
+        type=float,
+        default=0.25,
+        help="seconds between arrivals in the staggered cell (default 0.25; 0 = skip it)",
+    )
+    parser.add_argument(
+        "--configs",
+        default="",
+        help="comma-separated configurations (default b1w1,b1w2,b8,cont8; b4w2 on request)",
+    )
+    parser.add_argument("--model", type=Path, default=None, help="GGUF file (default: SmolLM2)")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS, help="where results go")
+    parser.add_argument("--keep", action="store_true", help="keep the server's run directory")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    for name, full, small in (
+        ("clients", "1,4,8,16", "1,8"),
+        ("rounds", 2, 1),
+        ("min_requests", 6, 2),
+        ("max_tokens", 128, 32),
+    ):
+        if getattr(args, name) is None:
+            setattr(args, name, small if quick else full)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan = build_plan(args)
+    model = args.model or inprocess.default_model_path()
+    machine = report.machine_description()
+    command = "python -m benchmarks.run " + " ".join(
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
+    )
+    say(f"Machine: {machine}")
+    say(f"Model: {model.name}; {plan.threads} threads; answers of {plan.max_tokens} tokens")
+    started = time.monotonic()
+    limits = measure_inprocess(plan, model)
+    served = measure_served(plan, model, args.keep)
+    # The limits again: on a shared machine speed drifts over minutes, so each limit is the
+    # mean of a measurement before and one after the served cells, which ran in between.
+    say("In-process limits again, after the served cells:")
+    again = measure_inprocess(plan, model)
+    limits = [report.mean_row(a, b) for a, b in zip(limits, again, strict=True)]
+    for row in limits:
+        say(f"{row.label:<44} {format_summary(row.summary)}")
+    rows = limits + served
+    keys = {c.key for c in plan.configs}
+    # The targets concern one worker with all the threads; other configurations are extra.
+    batched = [c.key for c in plan.configs if c.batch_size > 1 and c.workers == 1]
+    continuous = next((k for k in batched if k.startswith("cont")), None)
+    targets = report.evaluate_targets(
+        rows,
+        single="b1w1" if "b1w1" in keys else "",
+        two_workers="b1w2" if "b1w2" in keys else "",
+        batched=batched,
+        continuous=continuous,
+        batch_clients=plan.batch,
+    )
+    say("")
+    say("Targets (ratios within this run):")
+    for target in targets:
+        say("  " + target.line())
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = args.out_dir
+    csv_path = report.write_csv(rows, out / f"bench-{stamp}.csv")
+    md_path = out / f"bench-{stamp}.md"
+    md_path.write_text(report.markdown_report(rows, targets, machine, command), encoding="utf-8")
+    html_path = report.write_chart(rows, out / f"bench-{stamp}.html", f"{model.name}: {machine}")
+    elapsed = time.monotonic() - started
+    say(f"\nWrote {csv_path}, {md_path.name} and {html_path.name} ({elapsed:.0f} s in all)")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    raise SystemExit(main())
