@@ -48,6 +48,12 @@ llama.cpp (model-config.yaml handler:):
   --gpu-layers N          layers offloaded to a GPU, -1 = all (default: -1; ignored on CPU)
   --seed N                default sampling seed (default: 42)
   --chat-template FILE    Jinja chat template replacing the one in the GGUF
+  --split-mode MODE       several devices: layer (pipeline), row (tensor parallel) or none
+  --tensor-split LIST     share of the model per device, e.g. 3,1 (default: by free memory)
+  --main-gpu N            the GPU for --split-mode none (default: the one TorchServe assigns)
+  --rpc-servers LIST      llama.cpp RPC servers to offload layers to, e.g. 10.0.0.5:50052,...
+  --kv-unified            one KV cache for all sequences (faster batches; a greedy answer may
+                          then vary slightly with what else is in the batch)
 
   -h, --help              show this help
 
@@ -95,6 +101,11 @@ threads=2
 gpu_layers=-1
 seed=42
 chat_template=""
+split_mode=""
+tensor_split=""
+main_gpu=""
+rpc_servers=""
+kv_unified=0
 model=""
 if [[ -x "$script_dir/.venv/bin/python" ]]; then
   python="$script_dir/.venv/bin/python"
@@ -134,6 +145,11 @@ while [[ $# -gt 0 ]]; do
     --gpu-layers) need_value "$@"; gpu_layers=$2; shift 2 ;;
     --seed) need_value "$@"; seed=$2; shift 2 ;;
     --chat-template) need_value "$@"; chat_template=$2; shift 2 ;;
+    --split-mode) need_value "$@"; split_mode=$2; shift 2 ;;
+    --tensor-split) need_value "$@"; tensor_split=$2; shift 2 ;;
+    --main-gpu) need_value "$@"; main_gpu=$2; shift 2 ;;
+    --rpc-servers) need_value "$@"; rpc_servers=$2; shift 2 ;;
+    --kv-unified) kv_unified=1; shift ;;
     --) shift; break ;;
     -*) echo "error: unknown option $1" >&2; usage >&2; exit 2 ;;
     *)
@@ -250,7 +266,8 @@ step "Writing model-config.yaml for '$name'"
 mkdir -p "$work/config"
 "$python" - "$config_template" "$work/config/model-config.yaml" "$model" "$model_file" \
   "$workers" "$batch_size" "$max_batch_delay" "$response_timeout" "$continuous_batching" \
-  "$n_ctx" "$threads" "$gpu_layers" "$seed" "$chat_template" <<'PY'
+  "$n_ctx" "$threads" "$gpu_layers" "$seed" "$chat_template" \
+  "$split_mode" "$tensor_split" "$main_gpu" "$rpc_servers" "$kv_unified" <<'PY'
 import os
 import sys
 
@@ -259,7 +276,8 @@ import yaml
 from tschat.gguf import read_gguf_info
 
 (template, out, model, model_file, workers, batch_size, max_batch_delay, response_timeout,
- continuous_batching, n_ctx, threads, gpu_layers, seed, chat_template) = sys.argv[1:]
+ continuous_batching, n_ctx, threads, gpu_layers, seed, chat_template,
+ split_mode, tensor_split, main_gpu, rpc_servers, kv_unified) = sys.argv[1:]
 with open(template, encoding="utf-8") as f:
     config = yaml.safe_load(f)
 config["minWorkers"] = config["maxWorkers"] = int(workers)
@@ -277,6 +295,24 @@ handler["n_ctx"] = int(n_ctx)
 handler["n_threads"] = int(threads)
 handler["n_gpu_layers"] = int(gpu_layers)
 handler["seed"] = int(seed)
+if split_mode:
+    if split_mode not in ("none", "layer", "row"):
+        sys.exit(f"error: --split-mode must be none, layer or row, not {split_mode!r}")
+    handler["split_mode"] = split_mode
+if tensor_split:
+    try:
+        handler["tensor_split"] = [float(x) for x in tensor_split.split(",")]
+    except ValueError:
+        sys.exit(f"error: --tensor-split takes numbers separated by commas, not {tensor_split!r}")
+if main_gpu:
+    handler["main_gpu"] = int(main_gpu)
+if rpc_servers:
+    servers = [s.strip() for s in rpc_servers.split(",") if s.strip()]
+    if not all(s.rpartition(":")[2].isdigit() and s.rpartition(":")[0] for s in servers):
+        sys.exit(f"error: --rpc-servers takes host:port entries separated by commas")
+    handler["rpc_servers"] = servers
+if kv_unified == "1":
+    handler["kv_unified"] = True
 if chat_template:
     with open(chat_template, encoding="utf-8") as f:
         handler["chat_template"] = f.read()
