@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import psutil
 import pytest
+import yaml
 from streamlit.testing.v1 import AppTest
 
 from tschat import process, store
@@ -317,7 +318,11 @@ def test_model_store_lists_archive_details(console: OpenConsole) -> None:
     row = listing[listing["Archive"] == ARCHIVE].iloc[0]
     assert row["GGUF file"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert row["Quantization"] == "Q4_1"
-    assert (row["Context (n_ctx)"], row["Trained context"], row["Batch size"]) == (2048, 8192, 4)
+    template = yaml.safe_load(
+        (Path(__file__).resolve().parents[2] / "model-config.yaml").read_text()
+    )
+    expected = (2048, 8192, template["batchSize"])
+    assert (row["Context (n_ctx)"], row["Trained context"], row["Batch size"]) == expected
     assert row["Size"].endswith("MiB")
 
 
