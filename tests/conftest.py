@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -35,6 +36,17 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def wait_listening(port: int, timeout: float = 30.0) -> None:
+    """Wait until something accepts connections on 127.0.0.1:port."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
 
 
 def free_ports(count: int) -> list[int]:
@@ -153,6 +165,7 @@ class Helpers:
 
     free_port: Callable[[], int] = free_port
     free_ports: Callable[[int], list[int]] = free_ports
+    wait_listening: Callable[..., None] = wait_listening
     make_settings: Callable[..., Settings] = make_settings
     assert_stopped: Callable[[Settings, list[int]], None] = assert_stopped
     server_pids: Callable[[Settings], list[int]] = server_pids

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from engine import EngineConfig, LlamaEngine, SamplingParams
@@ -16,25 +15,9 @@ GREEDY = SamplingParams(max_tokens=32, temperature=0, repeat_penalty=1.0, min_p=
 PROMPT = "<|im_start|>user\nWrite about the sea.<|im_end|>\n<|im_start|>assistant\n"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_listening(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"RPC server on {port} did not start")
-
-
 @pytest.fixture(scope="module")
-def rpc_servers() -> Iterator[tuple[str, ...]]:
-    ports = [free_port(), free_port()]
+def rpc_servers(helpers: Any) -> Iterator[tuple[str, ...]]:
+    ports = [helpers.free_port(), helpers.free_port()]
     procs = [
         subprocess.Popen(
             [sys.executable, str(ROOT / "scripts" / "rpc_server.py"), "--port", str(port)],
@@ -45,7 +28,7 @@ def rpc_servers() -> Iterator[tuple[str, ...]]:
     ]
     try:
         for port in ports:
-            wait_listening(port)
+            helpers.wait_listening(port)
         yield tuple(f"127.0.0.1:{port}" for port in ports)
     finally:
         for proc in procs:
@@ -84,8 +67,10 @@ def test_tensor_split_moves_layers(rpc_servers: tuple[str, ...]) -> None:
     assert isinstance(layers, dict) and layers["RPC0"] > 2 * layers["RPC1"], layers
 
 
-def test_unreachable_rpc_server_is_a_clear_error() -> None:
+def test_unreachable_rpc_server_is_a_clear_error(helpers: Any) -> None:
     with pytest.raises(RuntimeError, match="could not reach the llama.cpp RPC server"):
         LlamaEngine(
-            EngineConfig(model_path=str(default_gguf()), rpc_servers=(f"127.0.0.1:{free_port()}",))
+            EngineConfig(
+                model_path=str(default_gguf()), rpc_servers=(f"127.0.0.1:{helpers.free_port()}",)
+            )
         )

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,16 +18,6 @@ GREEDY = {"max_tokens": 32, "temperature": 0, "repeat_penalty": 1.0, "min_p": 0}
 ASK = [{"role": "user", "content": "Write about the sea."}]
 
 
-def wait_listening(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"no RPC server on port {port}")
-
-
 @pytest.fixture(scope="module")
 def rpc_model(torchserve_server: Any, helpers: Any) -> Iterator[Any]:
     server = torchserve_server
@@ -41,7 +29,7 @@ def rpc_model(torchserve_server: Any, helpers: Any) -> Iterator[Any]:
     ]
     try:
         for port in ports:
-            wait_listening(port)
+            helpers.wait_listening(port)
         servers = ",".join(f"127.0.0.1:{p}" for p in ports)
         argv = [
             "bash",
