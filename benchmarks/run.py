@@ -31,6 +31,7 @@ import argparse
 import contextlib
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -457,8 +458,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM end the run through the finally blocks, which stop TorchServe."""
+
+    def leave(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    # A shell starts background jobs with SIGINT ignored; a benchmark should still stop on it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, leave)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    _stop_on_signals()
     plan = build_plan(args)
     model = args.model or inprocess.default_model_path()
     machine = report.machine_description()
