@@ -160,8 +160,9 @@ def package(config: ServedConfig, store: Path, model: Path) -> Path:
 class ProcessSampler:
     """Worker memory and CPU time of each process group while a load runs.
 
-    Peak RSS and PSS of each worker are sampled in the background; CPU time is read at the
-    start and the end for the workers, the Java frontend and this process (the clients).
+    Peak RSS of each worker is sampled in the background, PSS at the start and the end; CPU
+    time is read at the start and the end for the workers, the Java frontend and this process
+    (the clients).
     """
 
     def __init__(self, pids: Sequence[int], frontend: int | None, interval_s: float = 0.5) -> None:
@@ -187,16 +188,19 @@ class ProcessSampler:
             used[name] = total
         return used
 
-    def sample(self) -> None:
+    def sample(self, full: bool = True) -> None:
+        """Record RSS, and PSS too when ``full`` (it walks the page tables: not while timing)."""
         for pid in self.pids:
             with contextlib.suppress(psutil.Error):
-                info = psutil.Process(pid).memory_full_info()
+                process_ = psutil.Process(pid)
+                info = process_.memory_full_info() if full else process_.memory_info()
                 self.rss[pid] = max(self.rss.get(pid, 0), info.rss)
-                self.pss[pid] = max(self.pss.get(pid, 0), getattr(info, "pss", 0))
+                if full:
+                    self.pss[pid] = max(self.pss.get(pid, 0), getattr(info, "pss", 0))
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
-            self.sample()
+            self.sample(full=False)
 
     def __enter__(self) -> ProcessSampler:
         self.sample()
