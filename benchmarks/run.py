@@ -32,7 +32,6 @@ import contextlib
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -108,22 +107,9 @@ def served_configs(
 # ---------------------------------------------------------------- a private TorchServe
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            probe.bind(("127.0.0.1", 0))
-            sockets.append(probe)
-        return [int(probe.getsockname()[1]) for probe in sockets]
-    finally:
-        for probe in sockets:
-            probe.close()
-
-
 def bench_settings(root: Path) -> Settings:
     """Settings for a throwaway TorchServe under ``root`` on free loopback ports."""
-    ports = _free_ports(5)
+    ports = process.free_loopback_ports(5)
     return Settings(
         host="127.0.0.1",
         run_dir=root / "var",

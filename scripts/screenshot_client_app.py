@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,19 +46,6 @@ SLOW_MS = 240_000
 SYSTEM_PROMPT = "You are a friendly guide to animals. Answer in two or three sentences."
 QUESTIONS = ("What is a llama?", "Where do they live?")
 MAX_TOKENS = 80
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            probe = socket.socket()
-            probe.bind(("127.0.0.1", 0))
-            sockets.append(probe)
-        return [probe.getsockname()[1] for probe in sockets]
-    finally:
-        for probe in sockets:
-            probe.close()
 
 
 def ensure_archive(model_store: Path, name: str) -> None:
@@ -167,7 +153,7 @@ def main() -> int:
 
     # A short run directory: TorchServe's worker socket paths must stay under 108 bytes.
     run_root = Path(tempfile.mkdtemp(prefix="tschat-chat-shot-"))
-    ports = free_ports(6)
+    ports = process.free_loopback_ports(6)
     settings = Settings(
         run_dir=run_root / "var",
         model_store=args.model_store,

@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -52,19 +51,6 @@ PROMPTS = (
     "What is a llama?",
     "Count from one to five in words.",
 )
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            probe = socket.socket()
-            probe.bind(("127.0.0.1", 0))
-            sockets.append(probe)
-        return [probe.getsockname()[1] for probe in sockets]
-    finally:
-        for probe in sockets:
-            probe.close()
 
 
 def ensure_archive(model_store: Path, name: str) -> None:
@@ -177,7 +163,7 @@ def main() -> int:
 
     # A short run directory: TorchServe's worker socket paths must stay under 108 bytes.
     run_root = Path(tempfile.mkdtemp(prefix="tschat-shot-"))
-    ports = free_ports(6)
+    ports = process.free_loopback_ports(6)
     settings = Settings(
         run_dir=run_root / "var",
         model_store=args.model_store,

@@ -51,16 +51,7 @@ def wait_listening(port: int, timeout: float = 30.0) -> None:
 
 def free_ports(count: int) -> list[int]:
     """``count`` distinct free ports (held open together while choosing, so none repeats)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            probe.bind(("127.0.0.1", 0))
-            sockets.append(probe)
-        return [int(probe.getsockname()[1]) for probe in sockets]
-    finally:
-        for probe in sockets:
-            probe.close()
+    return process.free_loopback_ports(count)
 
 
 def make_settings(root: Path, **overrides: object) -> Settings:

@@ -263,6 +263,20 @@ def _ports(settings: Settings) -> list[tuple[int, str]]:
     ]
 
 
+def free_loopback_ports(count: int) -> list[int]:
+    """``count`` distinct ports on 127.0.0.1 that nothing listens on right now."""
+    probes: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            probe.bind(("127.0.0.1", 0))
+            probes.append(probe)
+        return [int(probe.getsockname()[1]) for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
+
+
 def check_ports_free(settings: Settings) -> None:
     """Raise PortInUse for the first TorchServe port another program listens on."""
     for port, variable in _ports(settings):
