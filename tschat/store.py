@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,6 +39,12 @@ DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MANIFEST = "MAR-INF/MANIFEST.json"
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 # Targets package_model.sh --quantize offers most often; llama.cpp knows more (tschat.quantize).
+# TorchServe 0.12's continuous batching stalls once a model has a second worker: an idle
+# worker's poll holds the model's job queue, so requests wait behind it.
+CONTINUOUS_ONE_WORKER = (
+    "TorchServe 0.12 stalls a continuous-batching model that has more than one worker; "
+    "register a dynamic-batching archive (package_model.sh --dynamic-batching) to use several"
+)
 QUANTIZATIONS = ("Q4_0", "Q4_1", "Q4_K_S", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0")
 
 
@@ -61,6 +67,7 @@ class ArchiveInfo:
     min_workers: int | None = None
     max_workers: int | None = None
     response_timeout: int | None = None
+    continuous: bool = False
     problem: str | None = None
 
     @property
@@ -85,6 +92,7 @@ class ArchiveInfo:
             "Trained context": self.trained_context,
             "Batch size": self.batch_size,
             "Max delay (ms)": self.max_batch_delay,
+            "Batching": "continuous" if self.continuous else "dynamic",
             "Workers": workers if self.min_workers is not None else None,
             "Modified": self.modified.astimezone().strftime("%Y-%m-%d %H:%M"),
             "Problem": self.problem or "",
@@ -169,6 +177,7 @@ def _read_zip(archive: Path, base: ArchiveInfo) -> ArchiveInfo:
             min_workers=_opt_int(config.get("minWorkers")),
             max_workers=_opt_int(config.get("maxWorkers")),
             response_timeout=_opt_int(config.get("responseTimeout")),
+            continuous=config.get("continuousBatching") is True,
         )
         model_path = handler.get("model_path")
         if not isinstance(model_path, str) or not model_path:
@@ -237,11 +246,12 @@ def package_argv(
     model_store: Path,
     quantize: str | None = None,
     force: bool = False,
+    extra_args: Sequence[str] = (),
     python: str = sys.executable,
 ) -> list[str]:
-    """The command line of package_model.sh for one GGUF file."""
+    """The command line of package_model.sh for one GGUF file (``extra_args``: more options)."""
     argv = ["bash", str(PACKAGE_SCRIPT), "--python", python, "--output-dir", str(model_store)]
-    argv += ["--name", name]
+    argv += ["--name", name, *extra_args]
     if quantize:
         argv += ["--quantize", quantize]
     if force:
@@ -266,6 +276,7 @@ def package_model(
     model_store: Path,
     quantize: str | None = None,
     force: bool = False,
+    extra_args: Sequence[str] = (),
 ) -> Iterator[PackagingProgress]:
     """Run package_model.sh, yielding each line of its output with the progress so far.
 
@@ -281,7 +292,10 @@ def package_model(
     steps = ["Checking", "Writing model-config.yaml", "Archiving", "Wrote"]
     if quantize:
         steps.insert(1, "Quantizing")
-    argv = package_argv(gguf, name=name, model_store=model_store, quantize=quantize, force=force)
+    argv = package_argv(
+        gguf, name=name, model_store=model_store, quantize=quantize, force=force,
+        extra_args=extra_args,
+    )  # fmt: skip
     model_store.mkdir(parents=True, exist_ok=True)
     script = subprocess.Popen(
         argv,
@@ -367,6 +381,7 @@ def register_archive(
     management: ManagementClient,
     archive: str,
     *,
+    model_store: Path,
     model_name: str,
     batch_size: int,
     max_batch_delay: int,
@@ -386,6 +401,8 @@ def register_archive(
             f"Min workers ({min_workers}) must be at least 1 and at most max workers "
             f"({max_workers})."
         )
+    if max(initial_workers, max_workers) > 1 and is_continuous(model_store, archive):
+        raise BadRequest(f"{archive} uses continuous batching: {CONTINUOUS_ONE_WORKER}.")
     management.register_model(
         archive,
         model_name=model_name,
@@ -396,6 +413,33 @@ def register_archive(
         synchronous=True,
     )
     return _keep_workers(management, model_name, min_workers, max_workers)
+
+
+def scale_model(
+    management: ManagementClient,
+    name: str,
+    *,
+    model_store: Path,
+    min_workers: int,
+    max_workers: int,
+) -> ModelStatus:
+    """Change a model's worker range live; more than one worker is refused for continuous
+    batching, which stalls with several in TorchServe 0.12."""
+    if max_workers > 1:
+        url = management.describe_model(name).url
+        if is_continuous(model_store, url):
+            raise BadRequest(f"{name} uses continuous batching: {CONTINUOUS_ONE_WORKER}.")
+    management.scale_workers(name, min_workers, max_workers, synchronous=True)
+    return management.describe_model(name)
+
+
+def is_continuous(model_store: Path, archive: str) -> bool:
+    """Whether the store's archive ``archive`` (as registered, e.g. ``NAME.mar``) asks for
+    continuous batching; False for an archive that is not in the store or cannot be read."""
+    path = model_store / archive
+    if path.parent != model_store or not path.is_file():
+        return False
+    return read_archive(path).continuous
 
 
 def retune_model(

@@ -15,8 +15,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from benchmarks import loadgen, report
-from benchmarks.loadgen import (
+from benchmarks import report
+from benchmarks.report import INPROC_BATCH, INPROC_SINGLE, evaluate_targets
+from tschat import experiments, loadgen
+from tschat.auth import KeyStore
+from tschat.experiments import Row
+from tschat.loadgen import (
     LoadSpec,
     RequestRecord,
     Summary,
@@ -28,8 +32,6 @@ from benchmarks.loadgen import (
     summarize,
     tokens_per_second,
 )
-from benchmarks.report import INPROC_BATCH, INPROC_SINGLE, Row, evaluate_targets
-from tschat.auth import KeyStore
 
 if TYPE_CHECKING:
     from conftest import LocalServer
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
 def test_doctests() -> None:
     assert doctest.testmod(loadgen).failed == 0
     assert doctest.testmod(report).failed == 0
+    assert doctest.testmod(experiments).failed == 0
 
 
 # ---------------------------------------------------------------- percentiles and rates
@@ -232,7 +235,7 @@ def test_csv_and_markdown(tmp_path: Any) -> None:
     rows = [row("b8", 8, 300.0, rss=(700.0,), pss=(500.0,))]
     path = report.write_csv(rows, tmp_path / "out.csv")
     lines = path.read_text().splitlines()
-    assert lines[0].split(",") == report.CSV_FIELDS
+    assert lines[0].split(",") == experiments.CSV_FIELDS
     assert "700.0" in lines[1]
     text = report.markdown_report(rows, [], "a machine", "python -m benchmarks.run")
     assert "| b8 | 8 | 300.0 |" in text and "a machine" in text
@@ -353,3 +356,17 @@ def test_run_load_stops_at_its_time_budget(fake_chat: LocalServer) -> None:
 def test_run_load_refuses_other_hosts() -> None:
     with pytest.raises(ValueError, match="loopback"):
         run_load("http://192.0.2.1:8080", KeyStore.explicit(inference="k"), "m", LoadSpec(1, 1))
+
+
+def test_run_load_stops_sending_when_cancelled(fake_chat: LocalServer) -> None:
+    keys = KeyStore.explicit(inference="secret")
+    cancel = threading.Event()
+
+    def after_first(record: RequestRecord) -> None:
+        cancel.set()
+
+    spec = LoadSpec(clients=2, requests=40, stagger_s=5.0)
+    begun = time.perf_counter()
+    result = run_load(fake_chat.url, keys, "m", spec, on_record=after_first, cancel=cancel)
+    assert time.perf_counter() - begun < 2.0  # the second client's 5 s wait was cut short
+    assert result.summary.requests == 1 and result.summary.failures == 0

@@ -1,0 +1,707 @@
+"""Serving experiments: package configurations, put each under load, compare the figures.
+
+A configuration (:class:`ServedConfig`) is a batch size, a max batch delay, a worker count,
+threads per worker and the batching mode. An experiment packages one archive per
+configuration, registers it on a running TorchServe, runs the load generator at each client
+count (:mod:`tschat.loadgen`), records one :class:`Row` per cell with the workers' memory and
+CPU time, and unregisters it again. ``benchmarks/run.py`` does this on a TorchServe of its
+own; the console's Experiments page on the operator's server, in a background
+:class:`Experiment` that outlives the page's reruns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import psutil
+
+from tschat import process, store
+from tschat.auth import KeyStore
+from tschat.errors import BadRequest, TsChatError
+from tschat.loadgen import DEFAULT_INSTRUCTION, LoadSpec, RequestRecord, Summary, run_load
+from tschat.management import ManagementClient
+from tschat.settings import Settings
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
+# Requests per warm-up client before timing starts (the frontend's JIT, the first prefill).
+WARMUP_ROUNDS = 2
+
+
+@dataclass(frozen=True)
+class ServedConfig:
+    """One serving configuration: its own archive, registered under ``key``."""
+
+    key: str
+    label: str
+    batch_size: int
+    max_batch_delay_ms: int
+    workers: int
+    threads: int
+    continuous: bool = False
+
+    def __post_init__(self) -> None:
+        store.check_model_name(self.key)
+        if self.batch_size < 1 or self.workers < 1 or self.threads < 1:
+            raise BadRequest(f"{self.key}: batch size, workers and threads must be at least 1.")
+        if self.max_batch_delay_ms < 0:
+            raise BadRequest(f"{self.key}: the max batch delay cannot be negative.")
+        if self.continuous and self.workers > 1:
+            raise BadRequest(
+                f"{self.key}: continuous batching takes one worker per model "
+                f"({store.CONTINUOUS_ONE_WORKER})."
+            )
+
+    @classmethod
+    def build(
+        cls,
+        batch_size: int,
+        max_batch_delay_ms: int,
+        workers: int,
+        threads: int,
+        continuous: bool = False,
+    ) -> ServedConfig:
+        """A configuration named after its settings.
+
+        >>> ServedConfig.build(8, 50, 1, 2).key, ServedConfig.build(8, 10, 1, 2, True).label
+        ('b8-d50-w1-t2', 'continuous, batch 8 (10 ms), 1 worker x 2 threads')
+        """
+        mode = "c" if continuous else "b"
+        key = f"{mode}{batch_size}-d{max_batch_delay_ms}-w{workers}-t{threads}"
+        kind = "continuous, batch" if continuous else "batch"
+        delay = f" ({max_batch_delay_ms} ms)" if batch_size > 1 or continuous else ""
+        label = (
+            f"{kind} {batch_size}{delay}, {workers} worker{'s' if workers > 1 else ''} x "
+            f"{threads} thread{'s' if threads > 1 else ''}"
+        )
+        return cls(key, label, batch_size, max_batch_delay_ms, workers, threads, continuous)
+
+    def package_args(self) -> list[str]:
+        """package_model.sh options that put this configuration into the archive."""
+        args = [
+            "--workers", str(self.workers),
+            "--threads", str(self.threads),
+            "--batch-size", str(self.batch_size),
+            "--max-batch-delay", str(self.max_batch_delay_ms),
+        ]  # fmt: skip
+        return args + (["--continuous-batching"] if self.continuous else ["--dynamic-batching"])
+
+
+def standard_configs(
+    threads: int, batch: int, delay_ms: int = 50, continuous_delay_ms: int = 10
+) -> list[ServedConfig]:
+    """The configurations compared by default, for a budget of ``threads`` CPU threads.
+
+    Batch 1 with one worker, batch 1 with two workers sharing the threads, dynamic batching
+    and continuous batching (both one worker), then dynamic batching with two workers.
+
+    >>> [c.key for c in standard_configs(2, 8)]
+    ['b1w1', 'b1w2', 'b8', 'cont8', 'b4w2']
+    """
+    per_worker = max(threads // 2, 1)
+    half = max(batch // 2, 1)
+    return [
+        ServedConfig("b1w1", f"batch 1, 1 worker x {threads} threads", 1, 0, 1, threads),
+        ServedConfig("b1w2", f"batch 1, 2 workers x {per_worker} thread", 1, 0, 2, per_worker),
+        ServedConfig(f"b{batch}", f"batch {batch} dynamic ({delay_ms} ms)", batch, delay_ms, 1,
+                     threads),
+        ServedConfig(f"cont{batch}", f"continuous, batch {batch} ({continuous_delay_ms} ms)",
+                     batch, continuous_delay_ms, 1, threads, continuous=True),
+        ServedConfig(f"b{half}w2", f"batch {half} dynamic ({delay_ms} ms), 2 workers x "
+                     f"{per_worker} thread", half, delay_ms, 2, per_worker),
+    ]  # fmt: skip
+
+
+# ---------------------------------------------------------------- figures
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One measurement: a configuration under one load."""
+
+    config: str
+    label: str
+    clients: int
+    stagger_s: float
+    batch_size: int
+    max_batch_delay_ms: int
+    workers: int
+    threads: int
+    continuous: bool
+    summary: Summary
+    worker_rss_mb: tuple[float, ...] = ()
+    worker_pss_mb: tuple[float, ...] = ()
+    cpu_workers_s: float | None = None  # CPU time used during the cell, by process group
+    cpu_frontend_s: float | None = None
+    cpu_client_s: float | None = None
+
+    @property
+    def rss_total_mb(self) -> float | None:
+        return sum(self.worker_rss_mb) if self.worker_rss_mb else None
+
+    @property
+    def pss_total_mb(self) -> float | None:
+        return sum(self.worker_pss_mb) if self.worker_pss_mb else None
+
+    def as_csv(self) -> dict[str, object]:
+        s = self.summary
+        return {
+            "config": self.config,
+            "label": self.label,
+            "clients": self.clients,
+            "stagger_s": self.stagger_s,
+            "batch_size": self.batch_size,
+            "max_batch_delay_ms": self.max_batch_delay_ms,
+            "workers": self.workers,
+            "threads": self.threads,
+            "continuous": self.continuous,
+            "requests": s.requests,
+            "failures": s.failures,
+            "tokens": s.tokens,
+            "wall_s": _round(s.wall_s, 3),
+            "tokens_per_s": _round(s.tokens_per_s, 2),
+            "ttft_p50_ms": _round(s.ttft_p50_ms, 1),
+            "ttft_p95_ms": _round(s.ttft_p95_ms, 1),
+            "itl_p50_ms": _round(s.itl_p50_ms, 2),
+            "itl_p95_ms": _round(s.itl_p95_ms, 2),
+            "stream_tps_p50": _round(s.stream_tps_p50, 2),
+            "worker_rss_mb": ";".join(f"{m:.1f}" for m in self.worker_rss_mb),
+            "rss_total_mb": _round(self.rss_total_mb, 1),
+            "worker_pss_mb": ";".join(f"{m:.1f}" for m in self.worker_pss_mb),
+            "pss_total_mb": _round(self.pss_total_mb, 1),
+            "cpu_workers_s": _round(self.cpu_workers_s, 2),
+            "cpu_frontend_s": _round(self.cpu_frontend_s, 2),
+            "cpu_client_s": _round(self.cpu_client_s, 2),
+            "errors": " | ".join(s.errors),
+        }
+
+
+_EMPTY = Summary(0, 0, 0, 0.0, None, None, None, None, None, None)
+CSV_FIELDS = list(Row("", "", 1, 0.0, 1, 0, 1, 1, False, _EMPTY).as_csv().keys())
+
+
+def csv_text(rows: Iterable[Row]) -> str:
+    """The rows as CSV, one line per cell, with a header.
+
+    >>> csv_text([]).split(",")[:3]
+    ['config', 'label', 'clients']
+    """
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(row.as_csv())
+    return out.getvalue()
+
+
+def table_rows(rows: Iterable[Row]) -> list[dict[str, object]]:
+    """The rows as a table for people: configuration, load and the figures that matter.
+
+    >>> s = Summary(16, 1, 1024, 8.0, 128.0, 40.0, 55.0, 9.0, 12.5, 60.0)
+    >>> table_rows([Row("b8", "batch 8", 8, 0.0, 8, 50, 1, 2, False, s, (300.0,))])[0]["failed"]
+    '1/16'
+    """
+    table: list[dict[str, object]] = []
+    for r in rows:
+        s = r.summary
+        table.append(
+            {
+                "configuration": r.label,
+                "clients": f"{r.clients} ({r.stagger_s:g} s apart)" if r.stagger_s else r.clients,
+                "tokens/s": _round(s.tokens_per_s, 1),
+                "TTFT p50 (ms)": _round(s.ttft_p50_ms, 0),
+                "TTFT p95 (ms)": _round(s.ttft_p95_ms, 0),
+                "ITL p50 (ms)": _round(s.itl_p50_ms, 1),
+                "ITL p95 (ms)": _round(s.itl_p95_ms, 1),
+                "failed": f"{s.failures}/{s.requests}",
+                "worker RSS (MB)": _round(r.rss_total_mb, 0),
+            }
+        )
+    return table
+
+
+def peak_total(rows: Iterable[Row], config: str, attr: str) -> float | None:
+    """The largest total worker memory (``rss_total_mb`` or ``pss_total_mb``) of a config."""
+    totals = [getattr(r, attr) for r in rows if r.config == config]
+    totals = [t for t in totals if t is not None]
+    return max(totals) if totals else None
+
+
+def comparison_figure(rows: Sequence[Row], title: str, limits: Sequence[Row] = ()) -> go.Figure:
+    """Throughput, time to first token, inter-token latency and memory of served rows.
+
+    Staggered cells are left out (their client count is an arrival pattern, not a level);
+    ``limits`` (in-process figures) are drawn as horizontal lines on the throughput chart.
+    """
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(
+        rows=2,
+        cols=2,
+        subplot_titles=(
+            "Aggregate tokens/s",
+            "Time to first token (ms; solid p50, dotted p95)",
+            "Inter-token latency (ms; solid p50, dotted p95)",
+            "Worker memory, peak total (MB)",
+        ),
+    )
+    served = [r for r in rows if not r.stagger_s]
+    configs = list(dict.fromkeys(r.config for r in served))
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
+    for n, config in enumerate(configs):
+        cells = sorted((r for r in served if r.config == config), key=lambda r: r.clients)
+        color = palette[n % len(palette)]
+        x = [r.clients for r in cells]
+        series = (
+            (1, 1, "tokens_per_s", "solid", True),
+            (1, 2, "ttft_p50_ms", "solid", False),
+            (1, 2, "ttft_p95_ms", "dot", False),
+            (2, 1, "itl_p50_ms", "solid", False),
+            (2, 1, "itl_p95_ms", "dot", False),
+        )
+        for row_i, col_i, attr, dash, legend in series:
+            fig.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=[getattr(r.summary, attr) for r in cells],
+                    mode="lines+markers",
+                    name=cells[0].label,
+                    legendgroup=config,
+                    showlegend=legend,
+                    line={"color": color, "dash": dash},
+                ),
+                row=row_i,
+                col=col_i,
+            )
+    for limit, dash in zip(limits, ("dash", "dashdot", "dot"), strict=False):
+        if limit.summary.tokens_per_s is not None:
+            fig.add_hline(
+                y=limit.summary.tokens_per_s,
+                line_dash=dash,
+                line_color="grey",
+                annotation_text=limit.label,
+                row=1,
+                col=1,
+            )
+    labels = [next(r.label for r in served if r.config == c) for c in configs]
+    bars = (("rss_total_mb", "RSS", "#7f7f7f"), ("pss_total_mb", "PSS", "#bcbd22"))
+    for attr, name, color in bars:
+        fig.add_trace(
+            go.Bar(
+                x=labels, y=[peak_total(rows, c, attr) for c in configs], name=name,
+                marker_color=color,
+            ),
+            2,
+            2,
+        )  # fmt: skip
+    ticks = sorted({r.clients for r in served})
+    for row_i, col_i in ((1, 1), (1, 2), (2, 1)):
+        fig.update_xaxes(
+            title_text="concurrent clients", type="log", tickvals=ticks, row=row_i, col=col_i
+        )
+    fig.update_layout(title=title, height=800, barmode="group")
+    return fig
+
+
+# ---------------------------------------------------------------- measuring
+
+
+class ProcessSampler:
+    """Worker memory and CPU time of each process group while a load runs.
+
+    Peak RSS of each worker is sampled in the background, PSS at the start and the end; CPU
+    time is read at the start and the end for the workers, the Java frontend and this process
+    (the clients).
+    """
+
+    def __init__(self, pids: Sequence[int], frontend: int | None, interval_s: float = 0.5) -> None:
+        self.pids = list(pids)
+        self.interval_s = interval_s
+        self.rss: dict[int, int] = {}
+        self.pss: dict[int, int] = {}
+        self._groups = {"workers": self.pids, "frontend": [frontend] if frontend else []}
+        self._groups["client"] = [os.getpid()]
+        self._cpu_start: dict[str, float] = {}
+        self.cpu_s: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="process-sampler", daemon=True)
+
+    def _cpu(self) -> dict[str, float]:
+        used = {}
+        for name, pids in self._groups.items():
+            total = 0.0
+            for pid in pids:
+                with contextlib.suppress(psutil.Error):
+                    times = psutil.Process(pid).cpu_times()
+                    total += times.user + times.system
+            used[name] = total
+        return used
+
+    def sample(self, full: bool = True) -> None:
+        """Record RSS, and PSS too when ``full`` (it walks the page tables: not while timing)."""
+        for pid in self.pids:
+            with contextlib.suppress(psutil.Error):
+                process_ = psutil.Process(pid)
+                info = process_.memory_full_info() if full else process_.memory_info()
+                self.rss[pid] = max(self.rss.get(pid, 0), info.rss)
+                if full:
+                    self.pss[pid] = max(self.pss.get(pid, 0), getattr(info, "pss", 0))
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sample(full=False)
+
+    def __enter__(self) -> ProcessSampler:
+        self.sample()
+        self._cpu_start = self._cpu()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end = self._cpu()
+        self.cpu_s = {name: end[name] - self._cpu_start[name] for name in end}
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+    def mb(self, table: dict[int, int]) -> tuple[float, ...]:
+        return tuple(table[pid] / 2**20 for pid in self.pids if table.get(pid))
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """The load each configuration is put under."""
+
+    clients: tuple[int, ...] = (1, 4, 8, 16)
+    rounds: int = 2  # requests per client in each cell
+    min_requests: int = 6  # but never fewer than this in a cell
+    max_tokens: int = 128
+    prompt: str = DEFAULT_INSTRUCTION
+    stagger_s: float = 0.0  # > 0: one more cell per batching config, clients arriving this apart
+    staggered_clients: int = 8
+    timeout_s: float = 180.0
+
+    def __post_init__(self) -> None:
+        if not self.clients or any(c < 1 for c in self.clients):
+            raise BadRequest("Pick at least one client count; each must be 1 or more.")
+        if self.rounds < 1 or self.min_requests < 1 or self.max_tokens < 1:
+            raise BadRequest("Requests per client and answer length must be at least 1.")
+        if self.stagger_s < 0:
+            raise BadRequest("The time between arrivals cannot be negative.")
+
+    def requests_for(self, clients: int) -> int:
+        return max(clients * self.rounds, self.min_requests)
+
+    def cells(self, config: ServedConfig) -> list[tuple[int, float]]:
+        """(clients, stagger) of every cell measured for ``config``."""
+        cells = [(c, 0.0) for c in self.clients]
+        if self.stagger_s > 0 and (config.batch_size > 1 or config.continuous):
+            cells.append((self.staggered_clients, self.stagger_s))
+        return cells
+
+    def spec(self, clients: int, stagger_s: float) -> LoadSpec:
+        requests = clients if stagger_s else self.requests_for(clients)
+        return LoadSpec(
+            clients=clients,
+            requests=requests,
+            max_tokens=self.max_tokens,
+            prompt=self.prompt or DEFAULT_INSTRUCTION,
+            stagger_s=stagger_s,
+            timeout_s=self.timeout_s,
+        )
+
+    def requests_in(self, config: ServedConfig) -> int:
+        """How many requests measuring ``config`` sends, warm-up included."""
+        cells = sum(self.spec(c, s).requests for c, s in self.cells(config))
+        return cells + warmup_spec(config).requests
+
+
+def warmup_spec(config: ServedConfig) -> LoadSpec:
+    """Short requests that reach every worker, and batch a few at once where batching is on."""
+    clients = max(config.workers, min(config.batch_size, 4))
+    return LoadSpec(clients, WARMUP_ROUNDS * clients, 16)
+
+
+def package_config(gguf: Path, config: ServedConfig, model_store: Path, name: str) -> Path:
+    """Package ``gguf`` with ``config`` into ``model_store/NAME.mar`` and check what it holds."""
+    for _ in store.package_model(
+        gguf, name=name, model_store=model_store, force=True, extra_args=config.package_args()
+    ):
+        pass
+    archive = model_store / f"{name}.mar"
+    info = store.read_archive(archive)
+    if (info.batch_size, info.continuous) != (config.batch_size, config.continuous):
+        raise BadRequest(
+            f"{archive.name} holds batch size {info.batch_size}, continuous {info.continuous}; "
+            f"expected {config.batch_size}, {config.continuous}."
+        )
+    return archive
+
+
+def register_config(
+    management: ManagementClient, config: ServedConfig, archive: str, model_name: str
+) -> list[int]:
+    """Register ``archive`` as ``model_name`` with all its workers ready; their PIDs."""
+    management.register_model(
+        archive, model_name=model_name, initial_workers=config.workers, synchronous=True
+    )
+    status = management.wait_until_ready(model_name, timeout=180)
+    deadline = time.monotonic() + 60
+    while status.ready_workers < config.workers and time.monotonic() < deadline:
+        time.sleep(0.5)
+        status = management.describe_model(model_name)
+    if status.batch_size != config.batch_size or status.ready_workers != config.workers:
+        raise BadRequest(
+            f"{model_name}: TorchServe reports batch size {status.batch_size} and "
+            f"{status.ready_workers} ready workers, expected {config.batch_size} and "
+            f"{config.workers}."
+        )
+    return [w.pid for w in status.workers if w.pid is not None]
+
+
+def measure_config(
+    settings: Settings,
+    keys: KeyStore,
+    config: ServedConfig,
+    model_name: str,
+    pids: Sequence[int],
+    plan: LoadPlan,
+    *,
+    on_record: Callable[[RequestRecord], None] | None = None,
+    on_row: Callable[[Row], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> list[Row]:
+    """Load a registered configuration at each of the plan's cells; one row per cell."""
+    frontend = process.status(settings).pid
+    url = settings.inference_url
+    run_load(url, keys, model_name, warmup_spec(config), on_record=on_record, cancel=cancel)
+    rows: list[Row] = []
+    for clients, stagger in plan.cells(config):
+        if cancel is not None and cancel.is_set():
+            break
+        with ProcessSampler(pids, frontend) as sampler:
+            result = run_load(
+                url, keys, model_name, plan.spec(clients, stagger), on_record=on_record,
+                cancel=cancel,
+            )  # fmt: skip
+        row = Row(
+            config.key,
+            config.label,
+            clients,
+            stagger,
+            config.batch_size,
+            config.max_batch_delay_ms,
+            config.workers,
+            config.threads,
+            config.continuous,
+            result.summary,
+            sampler.mb(sampler.rss),
+            sampler.mb(sampler.pss),
+            cpu_workers_s=sampler.cpu_s["workers"],
+            cpu_frontend_s=sampler.cpu_s["frontend"],
+            cpu_client_s=sampler.cpu_s["client"],
+        )
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+    return rows
+
+
+# ---------------------------------------------------------------- in the background
+
+
+@dataclass(frozen=True)
+class ExperimentState:
+    """A snapshot of an experiment, for display."""
+
+    configs: tuple[ServedConfig, ...]
+    plan: LoadPlan
+    started: float  # time.time()
+    step: str
+    fraction: float
+    rows: tuple[Row, ...]
+    errors: tuple[str, ...] = ()
+    finished: float | None = None
+    cancelled: bool = False
+
+    @property
+    def running(self) -> bool:
+        return self.finished is None
+
+
+@dataclass
+class _Progress:
+    done: int = 0
+    total: int = 1
+    step: str = "Starting"
+    rows: list[Row] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    finished: float | None = None
+
+
+class Experiment:
+    """Measure configurations one after another on a running TorchServe, in a thread.
+
+    Each configuration is packaged from ``gguf`` into the model store as ``PREFIX-KEY.mar``,
+    registered under that name, measured and unregistered; the archives are removed at the
+    end. A configuration that fails is reported and the next one goes on.
+    """
+
+    PREFIX = "exp"
+
+    def __init__(
+        self, settings: Settings, gguf: Path, configs: Sequence[ServedConfig], plan: LoadPlan
+    ) -> None:
+        if not configs:
+            raise BadRequest("Pick at least one configuration.")
+        if len({c.key for c in configs}) != len(configs):
+            raise BadRequest("Each configuration can be measured once per experiment.")
+        if not gguf.is_file():
+            raise BadRequest(f"There is no GGUF file at {gguf}.")
+        self.settings = settings
+        self.gguf = gguf
+        self.configs = tuple(configs)
+        self.plan = plan
+        self.started = time.time()
+        self._cancel = threading.Event()
+        self._lock = threading.Lock()
+        self._progress = _Progress(total=sum(self._units(c) for c in self.configs))
+        self._thread = threading.Thread(target=self._run, name="experiment", daemon=True)
+
+    # Progress counts requests; packaging and registering a configuration weigh as much as
+    # a few requests, so the bar moves while they run.
+    _SETUP_UNITS = 4
+
+    def _units(self, config: ServedConfig) -> int:
+        return self._SETUP_UNITS + self.plan.requests_in(config)
+
+    def model_name(self, config: ServedConfig) -> str:
+        return f"{self.PREFIX}-{config.key}"
+
+    def start(self) -> Experiment:
+        self._thread.start()
+        return self
+
+    def cancel(self) -> None:
+        """Send no more requests; the configuration under way is unregistered."""
+        self._cancel.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def state(self) -> ExperimentState:
+        with self._lock:
+            p = self._progress
+            return ExperimentState(
+                configs=self.configs,
+                plan=self.plan,
+                started=self.started,
+                step=p.step,
+                fraction=min(p.done / max(p.total, 1), 1.0),
+                rows=tuple(p.rows),
+                errors=tuple(p.errors),
+                finished=p.finished,
+                cancelled=self._cancel.is_set(),
+            )
+
+    def _advance(self, units: int = 1, step: str | None = None) -> None:
+        with self._lock:
+            self._progress.done += units
+            if step is not None:
+                self._progress.step = step
+
+    def _run(self) -> None:
+        keys = KeyStore(self.settings)
+        management = ManagementClient(self.settings, keys)
+        try:
+            for n, config in enumerate(self.configs, 1):
+                if self._cancel.is_set():
+                    break
+                where = f"{n}/{len(self.configs)} {config.label}"
+                started = self._progress.done
+                try:
+                    self._measure(management, keys, config, where)
+                except Exception as exc:  # noqa: BLE001 - one broken configuration spoils no other
+                    with self._lock:
+                        self._progress.errors.append(f"{config.label}: {exc}")
+                finally:
+                    with self._lock:  # a failed or cut short configuration counts as done
+                        self._progress.done = started + self._units(config)
+        finally:
+            with self._lock:
+                self._progress.step = "Cancelled" if self._cancel.is_set() else "Finished"
+                self._progress.finished = time.time()
+
+    def _measure(
+        self, management: ManagementClient, keys: KeyStore, config: ServedConfig, where: str
+    ) -> None:
+        name = self.model_name(config)
+        archive = self.settings.model_store / f"{name}.mar"
+        self._advance(0, f"{where}: packaging {archive.name}")
+        with contextlib.suppress(TsChatError):  # left registered by a run that was cut short
+            management.unregister_model(name)
+        try:
+            package_config(self.gguf, config, self.settings.model_store, name)
+            self._advance(self._SETUP_UNITS // 2, f"{where}: starting {config.workers} worker(s)")
+            pids = register_config(management, config, archive.name, name)
+            try:
+                self._advance(self._SETUP_UNITS - self._SETUP_UNITS // 2, f"{where}: warming up")
+
+                def on_row(row: Row) -> None:
+                    with self._lock:
+                        self._progress.rows.append(row)
+
+                def on_record(record: RequestRecord) -> None:
+                    self._advance(1, f"{where}: measuring")
+
+                measure_config(
+                    self.settings, keys, config, name, pids, self.plan,
+                    on_record=on_record, on_row=on_row, cancel=self._cancel,
+                )  # fmt: skip
+            finally:
+                with contextlib.suppress(Exception):
+                    management.unregister_model(name)
+        finally:
+            archive.unlink(missing_ok=True)
+
+
+_current: dict[str, Experiment] = {}
+_current_lock = threading.Lock()
+
+
+def start_experiment(
+    settings: Settings, gguf: Path, configs: Sequence[ServedConfig], plan: LoadPlan
+) -> Experiment:
+    """Start an experiment on the server of ``settings``, unless one is already running there.
+
+    The experiment is kept per server (run directory) in this process, so a page that reruns
+    or a second browser tab finds it with :func:`current_experiment` instead of starting another.
+    """
+    with _current_lock:
+        running = _current.get(str(settings.run_dir))
+        if running is not None and running.state().running:
+            raise BadRequest("An experiment is already running on this server; wait or cancel it.")
+        experiment = Experiment(settings, gguf, configs, plan)
+        _current[str(settings.run_dir)] = experiment
+        return experiment.start()
+
+
+def current_experiment(settings: Settings) -> Experiment | None:
+    """The running or last experiment on the server of ``settings``, if any."""
+    with _current_lock:
+        return _current.get(str(settings.run_dir))

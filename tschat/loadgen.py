@@ -1,0 +1,377 @@
+"""Concurrent streaming clients against the OpenAI-style chat endpoint of a local TorchServe.
+
+Each client is a thread with its own HTTP session that sends streamed chat requests one after
+another (a closed loop): its share of the run's requests, or fewer if the time budget runs
+out. For every request it records when the first content token arrived, the gaps between later
+tokens, the token count (from the final chunk's ``usage``) and any failure. Clients may start
+staggered, client ``i`` starting ``i * stagger_s`` after the first, to model users arriving
+one by one.
+
+The figures come from the pure functions below (:func:`percentile`, :func:`summarize`),
+which the unit tests pin down. Only loopback addresses are accepted: this is a tool for
+measuring a server on this machine, not for loading someone else's.
+
+The console's Experiments page and ``benchmarks/`` both drive loads through :func:`run_load`;
+``python -m benchmarks.loadgen`` is its command line.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from tschat.auth import KeyStore
+from tschat.errors import TsChatError
+from tschat.inference import ChatMessage, InferenceClient
+
+DEFAULT_INSTRUCTION = (
+    "Write a long, detailed story about a lighthouse keeper who finds a message in a bottle."
+)
+# Filler that makes a prompt longer without changing what is asked.
+_FILLER = (
+    "The harbour town sits between grey cliffs and a wide bay where fishing boats come and go "
+    "with the tide, and the people there know every rock and current by name."
+).split()
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """One load: how many clients, how many requests in all, and what they ask."""
+
+    clients: int
+    requests: int
+    max_tokens: int = 64
+    prompt: str = DEFAULT_INSTRUCTION
+    stagger_s: float = 0.0
+    duration_s: float = 300.0
+    timeout_s: float = 120.0
+    temperature: float = 0.0
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        if self.clients < 1 or self.requests < 1:
+            raise ValueError("clients and requests must be at least 1")
+        if self.max_tokens < 1:
+            raise ValueError("max_tokens must be at least 1")
+        if self.stagger_s < 0 or self.duration_s <= 0 or self.timeout_s <= 0:
+            raise ValueError("stagger_s must be >= 0, duration_s and timeout_s > 0")
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """What one request saw; times are seconds on the run's clock (0 = the run's start)."""
+
+    client: int
+    started: float
+    finished: float
+    token_times: tuple[float, ...] = ()  # arrival of each piece of content
+    tokens: int = 0
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def ttft_s(self) -> float | None:
+        """Time from sending the request to its first content token."""
+        return self.token_times[0] - self.started if self.token_times else None
+
+    @property
+    def gaps_s(self) -> list[float]:
+        """Time between successive content tokens."""
+        return inter_token_gaps(self.token_times)
+
+    @property
+    def stream_tokens_per_s(self) -> float | None:
+        """This stream's decode speed after its first token."""
+        if len(self.token_times) < 2 or self.tokens < 2:
+            return None
+        return tokens_per_second(self.tokens - 1, self.token_times[-1] - self.token_times[0])
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The figures of one load run."""
+
+    requests: int
+    failures: int
+    tokens: int
+    wall_s: float
+    tokens_per_s: float | None
+    ttft_p50_ms: float | None
+    ttft_p95_ms: float | None
+    itl_p50_ms: float | None
+    itl_p95_ms: float | None
+    stream_tps_p50: float | None
+    errors: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """Every request's record and the figures drawn from them."""
+
+    spec: LoadSpec
+    records: tuple[RequestRecord, ...]
+    summary: Summary
+
+
+# ---------------------------------------------------------------- pure aggregation
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (0-100), interpolating linearly between ranks; None when empty.
+
+    >>> percentile([1, 2, 3, 4], 50)
+    2.5
+    >>> percentile([10.0], 95), percentile([], 50)
+    (10.0, None)
+    >>> percentile([0, 10], 95)
+    9.5
+    """
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile must be between 0 and 100, got {q}")
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100.0
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return float(ordered[low] + (ordered[high] - ordered[low]) * (rank - low))
+
+
+def tokens_per_second(tokens: int, seconds: float) -> float | None:
+    """Tokens over seconds; None when no time passed.
+
+    >>> tokens_per_second(120, 2.0), tokens_per_second(5, 0.0)
+    (60.0, None)
+    """
+    return tokens / seconds if seconds > 0 else None
+
+
+def inter_token_gaps(times: Sequence[float]) -> list[float]:
+    """Differences between successive arrival times.
+
+    >>> inter_token_gaps([1.0, 1.5, 1.75])
+    [0.5, 0.25]
+    >>> inter_token_gaps([3.0])
+    []
+    """
+    return [later - earlier for earlier, later in zip(times[:-1], times[1:], strict=True)]
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000.0
+
+
+def summarize(records: Sequence[RequestRecord]) -> Summary:
+    """Aggregate figures of a run.
+
+    Throughput is every token received (failed requests' partial answers too) over the time
+    from the first request's start to the last one's end. Latency percentiles come from the
+    requests that succeeded.
+
+    >>> recs = [RequestRecord(0, 0.0, 1.0, (0.2, 0.4, 0.6), 3),
+    ...         RequestRecord(1, 0.0, 2.0, (), 0, "ServerError: gone")]
+    >>> s = summarize(recs)
+    >>> (s.requests, s.failures, s.tokens, s.wall_s, s.tokens_per_s)
+    (2, 1, 3, 2.0, 1.5)
+    >>> round(s.ttft_p50_ms), round(s.itl_p50_ms), s.errors
+    (200, 200, ('ServerError: gone',))
+    """
+    if not records:
+        return Summary(0, 0, 0, 0.0, None, None, None, None, None, None)
+    good = [r for r in records if r.ok]
+    start = min(r.started for r in records)
+    end = max(r.finished for r in records)
+    wall = end - start
+    tokens = sum(r.tokens for r in records)
+    ttfts = [t for r in good if (t := r.ttft_s) is not None]
+    gaps = [g for r in good for g in r.gaps_s]
+    speeds = [s for r in good if (s := r.stream_tokens_per_s) is not None]
+    errors = tuple(dict.fromkeys(r.error for r in records if r.error is not None))
+    return Summary(
+        requests=len(records),
+        failures=len(records) - len(good),
+        tokens=tokens,
+        wall_s=wall,
+        tokens_per_s=tokens_per_second(tokens, wall),
+        ttft_p50_ms=_ms(percentile(ttfts, 50)),
+        ttft_p95_ms=_ms(percentile(ttfts, 95)),
+        itl_p50_ms=_ms(percentile(gaps, 50)),
+        itl_p95_ms=_ms(percentile(gaps, 95)),
+        stream_tps_p50=percentile(speeds, 50),
+        errors=errors[:5],
+    )
+
+
+def client_quotas(requests: int, clients: int) -> list[int]:
+    """Requests per client: as even as possible, the first clients taking the remainder.
+
+    Fixed quotas keep arrivals as specified: a fast client does not take a slow one's turn.
+
+    >>> client_quotas(10, 4)
+    [3, 3, 2, 2]
+    >>> client_quotas(2, 3)
+    [1, 1, 0]
+    """
+    share, extra = divmod(requests, clients)
+    return [share + (1 if i < extra else 0) for i in range(clients)]
+
+
+def make_prompt(words: int = 0, instruction: str = DEFAULT_INSTRUCTION) -> str:
+    """The instruction, preceded by neutral context so the prompt has about ``words`` words.
+
+    >>> make_prompt(0) == DEFAULT_INSTRUCTION
+    True
+    >>> len(make_prompt(100).split())
+    100
+    >>> make_prompt(100).endswith(DEFAULT_INSTRUCTION)
+    True
+    """
+    extra = max(words - len(instruction.split()), 0)
+    if not extra:
+        return instruction
+    filler = [_FILLER[i % len(_FILLER)] for i in range(extra)]
+    return " ".join(filler) + "\n\n" + instruction
+
+
+def check_loopback(url: str) -> str:
+    """Return url if it points at this machine's loopback address; raise ValueError otherwise.
+
+    >>> check_loopback("http://127.0.0.1:8080")
+    'http://127.0.0.1:8080'
+    >>> check_loopback("http://example.com:8080")
+    Traceback (most recent call last):
+    ...
+    ValueError: the load generator only targets a loopback address such as 127.0.0.1, not 'example.com'
+    """  # noqa: E501
+    host = urlsplit(url).hostname or ""
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValueError(
+            f"the load generator only targets a loopback address such as 127.0.0.1, not {host!r}"
+        )
+    return url
+
+
+# ---------------------------------------------------------------- running a load
+
+
+def run_load(
+    base_url: str,
+    keys: KeyStore,
+    model: str,
+    spec: LoadSpec,
+    on_record: Callable[[RequestRecord], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> LoadResult:
+    """Run ``spec`` against ``{base_url}/predictions/{model}/1.0/v1/chat/completions``.
+
+    Blocks until every request has finished or failed, or the time budget (``duration_s``
+    for starting requests, plus ``timeout_s`` for the last ones to end) is spent.
+    ``on_record`` is called from the client threads as each request ends (for progress).
+    Setting ``cancel`` stops the clients from sending more; requests under way finish.
+    """
+    check_loopback(base_url)
+    messages: list[ChatMessage] = [{"role": "user", "content": spec.prompt}]
+    lock = threading.Lock()
+    records: list[RequestRecord] = []
+    t0 = time.perf_counter()
+    deadline = t0 + spec.stagger_s * (spec.clients - 1) + spec.duration_s
+    quotas = client_quotas(spec.requests, spec.clients)
+
+    def client_loop(index: int) -> None:
+        client = InferenceClient(base_url, keys, timeout=spec.timeout_s)
+        try:
+            delay = t0 + index * spec.stagger_s - time.perf_counter()
+            if delay > 0 and cancel is not None:
+                cancel.wait(delay)
+            elif delay > 0:
+                time.sleep(delay)
+            for _ in range(quotas[index]):
+                if time.perf_counter() >= deadline or (cancel is not None and cancel.is_set()):
+                    break
+                record = _one_request(client, model, messages, spec, index, t0)
+                with lock:
+                    records.append(record)
+                if on_record is not None:
+                    on_record(record)
+        finally:
+            client.session.close()
+
+    threads = [
+        threading.Thread(target=client_loop, args=(i,), name=f"loadgen-{i}", daemon=True)
+        for i in range(spec.clients)
+    ]
+    for thread in threads:
+        thread.start()
+    give_up = deadline + spec.timeout_s + 5.0
+    # Short joins, so that Ctrl-C reaches this thread while clients are still streaming.
+    while any(t.is_alive() for t in threads) and time.perf_counter() < give_up:
+        for thread in threads:
+            thread.join(0.2)
+    with lock:
+        done = tuple(sorted(records, key=lambda r: r.started))
+    return LoadResult(spec, done, summarize(done))
+
+
+def _one_request(
+    client: InferenceClient,
+    model: str,
+    messages: list[ChatMessage],
+    spec: LoadSpec,
+    index: int,
+    t0: float,
+) -> RequestRecord:
+    started = time.perf_counter() - t0
+    times: list[float] = []
+    tokens = 0
+    error: str | None = None
+    try:
+        stream = client.chat_stream(
+            model,
+            messages,
+            max_tokens=spec.max_tokens,
+            temperature=spec.temperature,
+            seed=spec.seed,
+        )
+        for _piece in stream:
+            times.append(time.perf_counter() - t0)
+        tokens = stream.usage.completion_tokens if stream.usage is not None else len(times)
+    except TsChatError as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        tokens = len(times)
+    except Exception as exc:  # noqa: BLE001 - a benchmark counts every failure, whatever it is
+        error = f"{type(exc).__name__}: {exc}"
+        tokens = len(times)
+    return RequestRecord(index, started, time.perf_counter() - t0, tuple(times), tokens, error)
+
+
+# ---------------------------------------------------------------- text
+
+
+def format_summary(summary: Summary) -> str:
+    """One line of figures.
+
+    >>> format_summary(Summary(4, 0, 256, 2.0, 128.0, 40.0, 55.0, 9.0, 12.5, 100.0))
+    '4 requests, 0 failed, 256 tokens in 2.00 s: 128.0 tok/s; TTFT p50 40 ms p95 55 ms; ITL p50 9.0 ms p95 12.5 ms'
+    """  # noqa: E501
+
+    def num(value: float | None, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    return (
+        f"{summary.requests} requests, {summary.failures} failed, {summary.tokens} tokens in "
+        f"{summary.wall_s:.2f} s: {num(summary.tokens_per_s, '.1f')} tok/s; "
+        f"TTFT p50 {num(summary.ttft_p50_ms, '.0f')} ms p95 {num(summary.ttft_p95_ms, '.0f')} ms; "
+        f"ITL p50 {num(summary.itl_p50_ms, '.1f')} ms p95 {num(summary.itl_p95_ms, '.1f')} ms"
+    )
