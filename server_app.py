@@ -20,7 +20,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
-from tschat import monitor, process, store
+from tschat import experiments, monitor, process, store
 from tschat.auth import KeyStore
 from tschat.errors import StartupFailed, TsChatError
 from tschat.management import ManagementClient, ModelStatus
@@ -45,12 +45,20 @@ REG_TIMEOUT = "register_timeout"
 PKG_SOURCE, PKG_PATH, PKG_UPLOAD = "package_source", "package_path", "package_upload"
 PKG_NAME, PKG_QUANTIZE, PKG_FORCE = "package_name", "package_quantize", "package_force"
 LOG_FILE, LOG_LINES, LOG_FILTER = "log_file", "log_lines", "log_filter"
+EXP_CONFIGS, EXP_ADDED = "experiment_configs", "experiment_added_configs"
+EXP_BATCH, EXP_DELAY = "experiment_batch_size", "experiment_max_delay"
+EXP_WORKERS, EXP_THREADS = "experiment_workers", "experiment_threads"
+EXP_CONTINUOUS = "experiment_continuous"
+EXP_CLIENTS, EXP_ROUNDS = "experiment_clients", "experiment_rounds"
+EXP_TOKENS, EXP_WORDS = "experiment_max_tokens", "experiment_prompt_words"
+EXP_STAGGER, EXP_GGUF = "experiment_stagger", "experiment_gguf"
 
 REFRESH_CHOICES = {"2 s": 2.0, "5 s": 5.0, "10 s": 10.0, "30 s": 30.0, "off": None}
 ALL_MODELS = "all models"
 NO_QUANTIZATION = "keep as is"
 LOG_FILES = ("ts_log.log", "model_log.log", "access_log.log", "console.log")
 PATH_SOURCE, UPLOAD_SOURCE = "Path on this machine", "Upload"
+CLIENT_CHOICES = (1, 2, 4, 8, 16, 32)
 
 
 # ---------------------------------------------------------------- the error boundary
@@ -178,18 +186,30 @@ def _live_view(settings: Settings) -> None:
     if not models:
         st.info("No model is registered. Register one in the Models tab.")
     engines = monitor.worker_engines(process.tail_log(settings, "model_log.log", lines=2000))
+    restarts = monitor.worker_restarts(process.tail_log(settings, "ts_log.log", lines=4000))
     for status in models:
-        _model_panel(status, engines)
+        mine = [r for r in restarts if (r.model, r.version) == (status.name, status.version)]
+        _model_panel(status, engines, mine)
     _charts(settings, [m.name for m in models])
 
 
-def _model_panel(status: ModelStatus, engines: dict[int, dict[str, Any]]) -> None:
+def _model_panel(
+    status: ModelStatus,
+    engines: dict[int, dict[str, Any]],
+    restarts: Sequence[monitor.WorkerRestart],
+) -> None:
     st.subheader(f"{status.name} {status.version}")
-    ready, queued, batch, delay = st.columns(4)
+    ready, queued, batch, delay, restarted = st.columns(5)
     ready.metric("READY workers", f"{status.ready_workers} of {len(status.workers)}")
     queued.metric("Queued requests", status.pending_requests if status.pending_requests else 0)
     batch.metric("Batch size", status.batch_size)
     delay.metric("Max batch delay", f"{status.max_batch_delay} ms")
+    restarted.metric("Worker restarts", len(restarts), help="Since TorchServe started")
+    for restart in restarts[-3:]:
+        st.warning(
+            f"Worker {restart.worker} of {status.name} died and TorchServe restarted it "
+            f"({restart.at.replace('T', ' ')})."
+        )
     rows = monitor.worker_rows(status, engines)
     if rows:
         st.dataframe(pd.DataFrame(rows), hide_index=True, key=f"workers_{status.name}")
@@ -328,8 +348,13 @@ def _forget(keys: Sequence[str]) -> None:
 
 
 def _scale(management: ManagementClient, name: str, low: int, high: int) -> str:
-    management.scale_workers(name, low, high, synchronous=True)
-    status = management.describe_model(name)
+    status = store.scale_model(
+        management,
+        name,
+        model_store=management.settings.model_store,
+        min_workers=low,
+        max_workers=high,
+    )
     return f"{name} now has {status.ready_workers} READY of {len(status.workers)} workers."
 
 
@@ -413,6 +438,7 @@ def _register(management: ManagementClient, archive: str, values: dict[str, Any]
     status = store.register_archive(
         management,
         archive,
+        model_store=management.settings.model_store,
         model_name=str(values[REG_NAME]).strip(),
         batch_size=int(values[REG_BATCH]),
         max_batch_delay=int(values[REG_DELAY]),
@@ -504,6 +530,172 @@ def _package(gguf: Path, options: dict[str, Any]) -> str:
     return f"{options['name']}.mar is in the model store; register it in the Models tab."
 
 
+# ---------------------------------------------------------------- experiments
+
+
+def _experiments(settings: Settings, server: process.ServerStatus) -> None:
+    experiment = experiments.current_experiment(settings)
+    if experiment is not None and experiment.state().running:
+        st.fragment(_experiment_progress, run_every=1.0)(experiment)
+        return
+    st.caption(
+        "Measure serving configurations side by side on this server: each is packaged from a "
+        "GGUF file, registered as exp-NAME, put under the load below and unregistered again. "
+        "Other traffic on this machine changes the figures."
+    )
+    if server.running:
+        _experiment_form(settings)
+    else:
+        st.info("Start TorchServe to run an experiment.")
+    if experiment is not None:
+        _experiment_results(experiment.state())
+
+
+def _preset_configs() -> dict[str, experiments.ServedConfig]:
+    threads = os.cpu_count() or 2
+    presets = experiments.standard_configs(threads, batch=8)
+    added: list[experiments.ServedConfig] = st.session_state.setdefault(EXP_ADDED, [])
+    return {c.key: c for c in [*presets, *added]}
+
+
+def _experiment_form(settings: Settings) -> None:
+    configs = _preset_configs()
+    default_gguf = store.default_gguf()
+    _defaults(
+        {
+            EXP_CONFIGS: list(configs)[:4],
+            EXP_CLIENTS: [1, 4, 8],
+            EXP_ROUNDS: 2,
+            EXP_TOKENS: 64,
+            EXP_WORDS: 0,
+            EXP_STAGGER: 0.0,
+            EXP_GGUF: str(default_gguf) if default_gguf else "",
+        }
+    )
+    with st.expander("Add a configuration"):
+        batch, delay, workers, threads, continuous, add = st.columns(
+            [1, 1, 1, 1, 1, 1], vertical_alignment="bottom"
+        )
+        batch.number_input("Batch size", min_value=1, max_value=64, value=4, key=EXP_BATCH)
+        delay.number_input("Max delay (ms)", min_value=0, max_value=10_000, value=20, key=EXP_DELAY)
+        workers.number_input("Workers", min_value=1, max_value=16, value=1, key=EXP_WORKERS)
+        threads.number_input("Threads each", min_value=1, max_value=64, value=2, key=EXP_THREADS)
+        continuous.checkbox("Continuous", key=EXP_CONTINUOUS)
+        add.button("Add", key="experiment_add", on_click=_add_config)
+    with st.form("experiment"):
+        st.multiselect(
+            "Configurations",
+            list(configs),
+            format_func=lambda key: configs[key].label,
+            key=EXP_CONFIGS,
+        )
+        clients, rounds, tokens, words, stagger = st.columns(5)
+        clients.multiselect("Concurrent clients", CLIENT_CHOICES, key=EXP_CLIENTS)
+        rounds.number_input("Requests per client", min_value=1, max_value=50, key=EXP_ROUNDS)
+        tokens.number_input("Answer length (tokens)", min_value=1, max_value=2048, key=EXP_TOKENS)
+        words.number_input("Prompt length (words)", min_value=0, max_value=1500, key=EXP_WORDS)
+        stagger.number_input(
+            "Arrivals apart (s)",
+            min_value=0.0,
+            max_value=10.0,
+            step=0.05,
+            key=EXP_STAGGER,
+            help="More than 0 adds a cell per batching configuration in which 8 clients "
+            "arrive this far apart (continuous batching lets late arrivals join at once).",
+        )
+        st.text_input("GGUF file", key=EXP_GGUF)
+        cores = os.cpu_count() or 2
+        st.caption(
+            f"This machine has {cores} CPU cores: keep workers x threads at or below that, or "
+            "the threads take turns and every figure drops."
+        )
+        if st.form_submit_button("Run experiment", key="experiment_run", type="primary"):
+            if _attempt(lambda: _start_experiment(settings, configs), report_to=st) is not None:
+                st.rerun()
+
+
+def _add_config() -> None:
+    """Add the configuration the operator built, and pick it (before the page is drawn)."""
+    config = _attempt(
+        lambda: experiments.ServedConfig.build(
+            int(st.session_state[EXP_BATCH]),
+            int(st.session_state[EXP_DELAY]),
+            int(st.session_state[EXP_WORKERS]),
+            int(st.session_state[EXP_THREADS]),
+            bool(st.session_state[EXP_CONTINUOUS]),
+        )
+    )  # an unusable one is explained at the top of the page
+    if config is None:
+        return
+    added: list[experiments.ServedConfig] = st.session_state[EXP_ADDED]
+    if config.key not in {c.key for c in added}:
+        added.append(config)
+    chosen = list(st.session_state.get(EXP_CONFIGS, []))
+    if config.key not in chosen:
+        st.session_state[EXP_CONFIGS] = [*chosen, config.key]
+
+
+def _start_experiment(
+    settings: Settings, configs: dict[str, experiments.ServedConfig]
+) -> experiments.Experiment:
+    from tschat.loadgen import make_prompt
+
+    plan = experiments.LoadPlan(
+        clients=tuple(sorted(int(c) for c in st.session_state[EXP_CLIENTS])),
+        rounds=int(st.session_state[EXP_ROUNDS]),
+        min_requests=1,
+        max_tokens=int(st.session_state[EXP_TOKENS]),
+        prompt=make_prompt(int(st.session_state[EXP_WORDS])),
+        stagger_s=float(st.session_state[EXP_STAGGER]),
+    )
+    chosen = [configs[key] for key in st.session_state[EXP_CONFIGS] if key in configs]
+    gguf = Path(str(st.session_state[EXP_GGUF]).strip()).expanduser()
+    return experiments.start_experiment(settings, gguf, chosen, plan)
+
+
+def _experiment_progress(experiment: experiments.Experiment) -> None:
+    state = experiment.state()
+    if not state.running:
+        st.rerun()  # finished: draw the form and the results
+    elapsed = datetime.now().timestamp() - state.started
+    st.progress(state.fraction, text=f"{state.step} ({elapsed:.0f} s)")
+    if st.button("Cancel", key="experiment_cancel", disabled=state.cancelled):
+        experiment.cancel()
+        st.rerun()
+    _experiment_results(state)
+
+
+def _experiment_results(state: experiments.ExperimentState) -> None:
+    started = datetime.fromtimestamp(state.started).strftime("%H:%M:%S")
+    if state.running:
+        st.caption(f"Experiment started at {started}; results appear as each cell ends.")
+    else:
+        assert state.finished is not None
+        how = "was cancelled" if state.cancelled else "finished"
+        took = state.finished - state.started
+        st.subheader("Last experiment")
+        st.caption(f"Started at {started}, {how} after {took:.0f} s.")
+    for error in state.errors:
+        st.warning(f"Not measured: {error}")
+    if not state.rows:
+        return
+    chart, table = st.columns([3, 2])
+    figure = experiments.comparison_figure(state.rows, "")
+    figure.update_layout(margin={"l": 10, "r": 10, "t": 40, "b": 10}, legend={"orientation": "h"})
+    chart.plotly_chart(figure, key="experiment_chart")
+    table.dataframe(
+        pd.DataFrame(experiments.table_rows(state.rows)), hide_index=True, key="experiment_table"
+    )
+    table.download_button(
+        "Download CSV",
+        experiments.csv_text(state.rows),
+        file_name=f"experiment-{datetime.fromtimestamp(state.started):%Y%m%d-%H%M%S}.csv",
+        mime="text/csv",
+        key="experiment_csv",
+        disabled=state.running,
+    )
+
+
 # ---------------------------------------------------------------- logs
 
 
@@ -542,13 +734,17 @@ def main() -> None:
     _server(settings, server)
 
     every = REFRESH_CHOICES[st.session_state.get(REFRESH, "5 s")]
-    live, models_tab, archives, logs = st.tabs(["Live view", "Models", "Model store", "Logs"])
+    live, models_tab, archives, experiments_tab, logs = st.tabs(
+        ["Live view", "Models", "Model store", "Experiments", "Logs"]
+    )
     with live:
         st.fragment(_live_view, run_every=every)(settings)
     with models_tab:
         _models(settings, server, models)
     with archives:
         _model_store(settings)
+    with experiments_tab:
+        _experiments(settings, server)
     with logs:
         st.fragment(_logs, run_every=every)(settings)
 

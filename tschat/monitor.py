@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -295,6 +296,45 @@ def _worker_row(worker: WorkerStatus, engine: Mapping[str, Any] | None = None) -
         **_engine_columns(engine),
         "started": worker.start_time,
     }
+
+
+@dataclass(frozen=True)
+class WorkerRestart:
+    """TorchServe restarting a worker whose process died (``at`` as logged, server-local)."""
+
+    at: str
+    worker: str
+    model: str
+    version: str
+
+
+SERVER_START_MARK = "Torchserve version:"
+_RETRY = re.compile(r"^(\S+) \[\w+\s*\] W-(\d+)-(\S+)_([^_\s]+) \S+ - Retry worker: \d+ in ")
+
+
+def worker_restarts(ts_log: str) -> list[WorkerRestart]:
+    r"""The worker restarts in TorchServe's log since the server last started, oldest first.
+
+    >>> log = "\n".join([
+    ...     "2026-01-01T10:00:00,000 [INFO ] main org.pytorch.serve.ModelServer - ",
+    ...     "Torchserve version: 0.12.0",
+    ...     "2026-01-01T10:05:00,100 [INFO ] W-9000-smollm2_1.0 org.pytorch.serve.wlm."
+    ...     "WorkerThread - Retry worker: 9000 in 1 seconds.",
+    ... ])
+    >>> worker_restarts(log)
+    [WorkerRestart(at='2026-01-01T10:05:00,100', worker='9000', model='smollm2', version='1.0')]
+    >>> worker_restarts(log + "\nTorchserve version: 0.12.0")  # started again since
+    []
+    """
+    lines = ts_log.splitlines()
+    starts = [i for i, line in enumerate(lines) if SERVER_START_MARK in line]
+    restarts: dict[tuple[str, str], WorkerRestart] = {}  # the log may hold a line twice
+    for line in lines[starts[-1] + 1 if starts else 0 :]:
+        match = _RETRY.match(line)
+        if match:
+            at, worker, model, version = match.groups()
+            restarts.setdefault((at, worker), WorkerRestart(at, worker, model, version))
+    return list(restarts.values())
 
 
 # ---------------------------------------------------------------- logs

