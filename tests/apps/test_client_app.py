@@ -8,6 +8,10 @@ Answers are kept short (a few tokens, temperature 0 where the text is compared).
 from __future__ import annotations
 
 import json
+import shutil
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,9 +20,11 @@ import streamlit.testing.v1.app_test as app_test_module
 from streamlit.runtime.memory_media_file_storage import MemoryFile, MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
-from tschat.auth import Keys
+from tschat import process
+from tschat.auth import Keys, KeyStore
 from tschat.chat import Conversation
 from tschat.inference import InferenceClient
+from tschat.management import ManagementClient
 from tschat.settings import REPO_ROOT, Settings
 
 if TYPE_CHECKING:
@@ -29,6 +35,7 @@ pytestmark = pytest.mark.integration
 APP = str(REPO_ROOT / "client_app.py")
 RUN_TIMEOUT_S = 180  # one run streams a whole (short) answer on a busy 2-core machine
 GREEDY = {"temperature": 0.0, "max_tokens": 12}
+LONG_STORY = "Write a long story about a dragon and a knight."
 
 
 # ---------------------------------------------------------------- helpers
@@ -371,3 +378,83 @@ def test_remote_server_with_typed_keys(
 
     at.text_input(key="w_remote_url").set_value("ftp://nowhere").run()
     assert "is not an address like http://host:8080" in " ".join(e.value for e in at.error)
+
+
+# ---------------------------------------------------------------- faults
+
+
+@pytest.fixture
+def own_server(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    helpers: Helpers,
+    torchserve_server: TorchServeServer,
+) -> Iterator[Settings]:
+    """A TorchServe of this test only (it gets stopped), serving a copy of smollm2.mar."""
+    settings = helpers.make_settings(tmp_path)
+    settings.model_store.mkdir(parents=True)
+    shutil.copy(torchserve_server.settings.model_store / "smollm2.mar", settings.model_store)
+    for name, value in settings.as_env().items():
+        monkeypatch.setenv(name, value)
+    _serve(settings)
+    yield settings
+    process.stop(settings)
+
+
+def _serve(settings: Settings) -> None:
+    process.start(settings)
+    management = ManagementClient(settings, KeyStore(settings))
+    management.register_model("smollm2.mar", batch_size=1, initial_workers=1, synchronous=True)
+    management.wait_until_ready("smollm2", timeout=180)
+
+
+def test_chat_survives_torchserve_stopping_mid_answer(
+    own_server: Settings, sent: list[dict[str, Any]]
+) -> None:
+    at = open_app()
+    configure(at, seed=1, **GREEDY)
+    ask(at, "My name is Zork. Please remember it.")
+    first_exchange = [(m.role, m.content) for m in conversation(at).messages]
+    assert len(first_exchange) == 2 and first_exchange[1][1]
+
+    # TorchServe goes away while the next answer streams: stopped a second after it is asked.
+    configure(at, seed=1, temperature=0.0, max_tokens=1500)
+
+    def stop_once_asked() -> None:
+        deadline = time.monotonic() + 60
+        while len(sent) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)
+        process.stop(own_server)
+
+    stopper = threading.Thread(target=stop_once_asked)
+    stopper.start()
+    try:
+        at.chat_input(key="w_question").set_value(LONG_STORY).run()
+    finally:
+        stopper.join()
+    assert not at.exception, at.exception
+    assert not process.status(own_server).running
+    # The run that streamed ended by drawing the page again: the notice and the status line.
+    shown = " ".join(e.value for e in at.error)
+    assert "broke off" in shown or "No answer" in shown, shown
+    assert "not reachable" in status_text(at) or "does not seem to run" in status_text(at)
+    assert at.chat_input(key="w_question").disabled
+    history = conversation(at).messages
+    assert [(m.role, m.content) for m in history[:2]] == first_exchange  # nothing lost
+    assert history[2].content == LONG_STORY
+    if len(history) > 3:  # the part that arrived before the stop is kept, marked as broken off
+        assert history[3].role == "assistant" and history[3].content
+
+    # TorchServe is back (new keys): the chat notices on the next run and goes on.
+    _serve(own_server)
+    at.button(key="w_check").click().run()
+    assert "Connected to TorchServe" in status_text(at)
+    assert not at.chat_input(key="w_question").disabled
+    configure(at, seed=1, **GREEDY)
+    ask(at, "What is my name?")
+    history = conversation(at).messages
+    assert [(m.role, m.content) for m in history[:2]] == first_exchange
+    assert history[-1].role == "assistant" and history[-1].content
+    # The new question went out with the whole conversation before it.
+    assert [m["content"] for m in sent[-1]["messages"]][:2] == [c for _, c in first_exchange]
