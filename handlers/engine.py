@@ -9,6 +9,12 @@ its own stop conditions and its own UTF-8 decoder, so its output does not depend
 in the batch. Prompts are prefilled in chunks that share the step with other sequences' decode
 tokens, which is what lets a new request join a running batch.
 
+A prompt that begins like one already in the cache skips that part of its prefill: the cache of a
+running sequence, or the one a finished sequence left in its slot (the previous turn of a chat),
+is copied into the new sequence up to the shared prefix (``llama_memory_seq_cp``). When several
+requests with the same beginning arrive together, one prefills it and the others copy it a step
+later. The copied cells hold the same numbers a prefill would compute.
+
 Objects here are not thread-safe: one thread drives an engine.
 """
 
@@ -93,6 +99,7 @@ class EngineConfig:
     )
     tensor_split: tuple[float, ...] = ()  # share of the model per device; empty = by free memory
     kv_unified: bool = False  # one KV stream for all: faster batches, batch-dependent rounding
+    prefix_cache: bool = True  # reuse the cache of a shared prompt beginning instead of prefilling
 
 
 class Generation:
@@ -110,6 +117,9 @@ class Generation:
         self.finished_at: float | None = None
         self._pending = list(prompt_tokens)  # tokens still to feed to the model
         self._n_past = 0
+        self._tokens = list(prompt_tokens)  # the sequence so far; the first _n_past are cached
+        self._waiting_for: tuple[Generation, int] | None = None  # (donor, prefix) to copy
+        self.cached_tokens = 0  # prompt tokens taken from the cache instead of prefilled
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._held = ""  # decoded text held back because it may start a stop sequence
         self._delta = ""  # text produced since the last take_delta()
@@ -182,6 +192,25 @@ def _longest_stop_prefix(text: str, stops: Iterable[str]) -> int:
     return best
 
 
+def _common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
+    """Length of the common beginning of a and b, at most ``limit``.
+
+    >>> _common_prefix([1, 2, 3, 4], [1, 2, 5], 10), _common_prefix([1, 2], [1, 2], 1)
+    (2, 1)
+    """
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if n >= limit or x != y:
+            break
+        n += 1
+    return n
+
+
+# A shorter shared beginning is prefilled again: copying a sequence's cache costs about as much
+# as prefilling a few tokens.
+MIN_SHARED_PREFIX = 8
+
+
 class LlamaEngine:
     """A loaded GGUF model with a KV cache shared by up to ``max_sequences`` generations."""
 
@@ -244,6 +273,8 @@ class LlamaEngine:
         self.memory = llama_cpp.llama_get_memory(self.ctx)
         self._batch = llama_cpp.llama_batch_init(config.n_batch, 0, 1)
         self._free_ids = list(range(config.max_sequences))
+        # Tokens whose cache a free slot still holds (left by its last generation).
+        self._slot_tokens: dict[int, list[int]] = {}
         self.active: list[Generation] = []
         self._piece = ctypes.create_string_buffer(256)
 
@@ -338,8 +369,69 @@ class LlamaEngine:
         self._free_ids.remove(slot)
         gen = Generation(slot, prompt_tokens, params)
         gen._sampler = self._make_sampler(params)
+        self._reuse_prefix(gen)
         self.active.append(gen)
         return gen
+
+    def _reuse_prefix(self, gen: Generation) -> None:
+        """Give ``gen`` the longest cached beginning of its prompt, or have it wait for one.
+
+        Sources: free slots' leftover caches (this slot's own included) and running sequences'
+        caches; a running sequence still prefilling the same beginning is waited for.
+        """
+        prompt = gen.prompt_tokens
+        limit = len(prompt) - 1  # the last prompt token is decoded to get the first logits
+        best, source = 0, -1
+        if self.config.prefix_cache:
+            for slot, tokens in self._slot_tokens.items():
+                if (n := _common_prefix(prompt, tokens, limit)) > best:
+                    best, source = n, slot
+            for other in self.active:
+                cached = other._tokens[: other._n_past]
+                if (n := _common_prefix(prompt, cached, limit)) > best:
+                    best, source = n, other.seq_id
+            donor = None
+            for other in self.active:
+                if other._waiting_for is None:
+                    n = _common_prefix(prompt, other._tokens, limit)
+                    if n >= MIN_SHARED_PREFIX and n > best + MIN_SHARED_PREFIX:
+                        best, donor = n, other
+            if donor is not None:
+                gen._waiting_for = (donor, best)
+                self._slot_tokens.pop(gen.seq_id, None)  # this slot's old cache is not a source
+                return
+        self._copy_prefix(gen, source, best if best >= MIN_SHARED_PREFIX else 0)
+
+    def _copy_prefix(self, gen: Generation, source: int, n: int) -> None:
+        """Start ``gen``'s cache as the first ``n`` cells of slot ``source`` (0: empty)."""
+        slot = gen.seq_id
+        self._slot_tokens.pop(slot, None)
+        if n == 0:
+            llama_cpp.llama_memory_seq_rm(self.memory, slot, -1, -1)
+        elif source != slot and self.config.kv_unified:
+            llama_cpp.llama_memory_seq_rm(self.memory, slot, -1, -1)
+            llama_cpp.llama_memory_seq_cp(self.memory, source, slot, 0, n)
+        else:
+            if source != slot:
+                # Separate streams copy whole: llama.cpp copies a stream only in full.
+                llama_cpp.llama_memory_seq_cp(self.memory, source, slot, -1, -1)
+            llama_cpp.llama_memory_seq_rm(self.memory, slot, n, -1)
+        gen._n_past = n
+        gen._pending = list(gen.prompt_tokens[n:])
+        gen.cached_tokens = n
+
+    def _resolve_waits(self) -> None:
+        """Waiting generations whose donor has cached the shared beginning copy it now."""
+        for gen in self.active:
+            if gen._waiting_for is None:
+                continue
+            donor, n = gen._waiting_for
+            if donor._n_past >= n and donor in self.active:
+                gen._waiting_for = None
+                self._copy_prefix(gen, donor.seq_id, n)
+            elif donor not in self.active:  # it ended early: look again
+                gen._waiting_for = None
+                self._reuse_prefix(gen)
 
     def cancel(self, gen: Generation) -> None:
         """Stop a generation now and free its slot."""
@@ -354,12 +446,15 @@ class LlamaEngine:
         """
         if not self.active:
             return []
+        self._resolve_waits()
         batch = self._batch
         n = 0
         sample_at: list[tuple[Generation, int]] = []
         budget = self.config.n_batch
         # Decode tokens first (one each), then prompt chunks: a long prompt never stalls the others.
         for gen in sorted(self.active, key=lambda g: (len(g._pending) > 1, g.seq_id)):
+            if gen._waiting_for is not None:
+                continue
             take = min(len(gen._pending), budget - n)
             if take <= 0:
                 continue
@@ -383,6 +478,7 @@ class LlamaEngine:
             changed = list(self.active)
             for gen in changed:
                 gen._finish(LENGTH)
+                gen._n_past = 0  # what the cache holds is unknown now: keep none of it
                 self._release(gen)
             return changed
 
@@ -406,6 +502,7 @@ class LlamaEngine:
                     gen._finish(LENGTH)
                 else:
                     gen._pending.append(token)
+                    gen._tokens.append(token)
             changed.append(gen)
         for gen in changed:
             if gen.finished:
@@ -420,7 +517,12 @@ class LlamaEngine:
     def _release(self, gen: Generation) -> None:
         if gen in self.active:
             self.active.remove(gen)
-            llama_cpp.llama_memory_seq_rm(self.memory, gen.seq_id, -1, -1)
+            # The slot keeps its cache: a later prompt that begins the same way reuses it.
+            cached = gen._tokens[: gen._n_past] if gen._waiting_for is None else []
+            if cached and self.config.prefix_cache:
+                self._slot_tokens[gen.seq_id] = cached
+            else:
+                llama_cpp.llama_memory_seq_rm(self.memory, gen.seq_id, -1, -1)
             self._free_ids.append(gen.seq_id)
         if gen._sampler is not None:
             llama_cpp.llama_sampler_free(gen._sampler)

@@ -312,7 +312,9 @@ class LlamaCppHandler:
         if gen.finished:
             final = self._chunk(job, None, finish_reason=_finish_reason(gen))
             if job.request.include_usage:
-                final["usage"] = api.usage(len(gen.prompt_tokens), gen.completion_tokens)
+                final["usage"] = api.usage(
+                    len(gen.prompt_tokens), gen.completion_tokens, gen.cached_tokens
+                )
                 final["timings"] = _timings(gen)
             out += api.sse(final) + api.sse("[DONE]")
         return out
@@ -342,7 +344,7 @@ class LlamaCppHandler:
             self.model_name,
             gen.text,
             _finish_reason(gen),
-            api.usage(len(gen.prompt_tokens), gen.completion_tokens),
+            _usage(gen),
             _timings(gen),
         )
         return json.dumps(body, ensure_ascii=False).encode("utf-8")
@@ -355,6 +357,10 @@ class LlamaCppHandler:
         context.set_response_content_type(idx, JSON_TYPE)
         results[idx] = json.dumps(err.body()).encode("utf-8")
         self._metrics.refused()
+
+
+def _usage(gen: Generation) -> dict[str, Any]:
+    return api.usage(len(gen.prompt_tokens), gen.completion_tokens, gen.cached_tokens)
 
 
 def _finish_reason(gen: Generation) -> str:

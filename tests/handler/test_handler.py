@@ -97,7 +97,11 @@ def test_stream_matches_whole_answer(harness: Harness) -> None:
     _, final2 = harness.run([(CHAT, chat(question, max_tokens=24, seed=1))])
     whole = json.loads(final2.predictions[0].body)
     assert whole["choices"][0]["message"]["content"] == text
-    assert whole["usage"] == last["usage"]
+    counts = ("prompt_tokens", "completion_tokens", "total_tokens")
+    assert [whole["usage"][k] for k in counts] == [last["usage"][k] for k in counts]
+    # The second request found the first one's prompt in the cache.
+    cached = whole["usage"]["prompt_tokens_details"]["cached_tokens"]
+    assert cached == whole["usage"]["prompt_tokens"] - 1
     assert whole["object"] == "chat.completion"
     assert last["timings"]["ttft_ms"] > 0
 
