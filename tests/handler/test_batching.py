@@ -36,6 +36,21 @@ def test_greedy_tokens_alone_equal_tokens_in_a_batch_of_eight(harness: Harness) 
     assert together == alone
 
 
+def test_shared_prompt_beginnings_come_from_the_cache(harness: Harness) -> None:
+    greedy = {"max_tokens": 24, "min_p": 0, "repeat_penalty": 1.0}
+    question = "Tell me about the moon and the tides, in detail."
+    alone, usage = whole_text(harness, question, **greedy)
+    again, usage_again = whole_text(harness, question, **greedy)  # the slot kept its cache
+    assert again == alone
+    assert usage_again["prompt_tokens_details"]["cached_tokens"] == usage["prompt_tokens"] - 1
+    # Eight at once: one prefills the prompt, the others copy its cache; the answers agree.
+    _, final = harness.run([(CHAT, chat(question, **greedy)) for _ in range(8)])
+    answers = [json.loads(p.body) for p in final.predictions]
+    assert [a["choices"][0]["message"]["content"] for a in answers] == [alone] * 8
+    cached = [a["usage"]["prompt_tokens_details"]["cached_tokens"] for a in answers]
+    assert all(c == usage["prompt_tokens"] - 1 for c in cached), cached
+
+
 def test_seeded_sampling_is_reproducible_inside_a_batch(harness: Harness) -> None:
     params = {"temperature": 0.9, "seed": 1234, "max_tokens": 24}
     alone = whole_text(harness, QUESTIONS[2], **params)[0]
