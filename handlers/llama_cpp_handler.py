@@ -99,6 +99,7 @@ class LlamaCppHandler:
                 split_mode=str(config.get("split_mode", "none" if one_gpu else "layer")),
                 tensor_split=tuple(float(x) for x in config.get("tensor_split") or ()),
                 kv_unified=bool(config.get("kv_unified", False)),
+                prefix_cache=bool(config.get("prefix_cache", True)),
             )
         )
         template = config.get("chat_template") or self.engine.metadata("tokenizer.chat_template")

@@ -131,6 +131,7 @@ def test_default_model_with_options(handler_dir: Path, store: Path, tmp_path: Pa
         "n_gpu_layers": 0,
         "seed": 7,
         "chat_template": chat_template.read_text(),
+        "prefix_cache": True,  # from the template
     }
     assert hashlib.sha256(template.read_bytes()).hexdigest() == template_before
 
