@@ -1,10 +1,11 @@
-"""Take screenshots/server_app.png from the real running operator console.
+"""Take screenshots/server_app.png and server_app_experiments.png from the real console.
 
     .venv/bin/python scripts/screenshot_server_app.py [--output PATH] [--model-store DIR]
 
 Runs the console with Streamlit against a TorchServe of its own (free loopback ports, a temporary
 run directory), then drives it in headless chromium as an operator would: Start, Register the
 default model, let some chat traffic flow so the live charts fill in, screenshot the live view,
+run a short experiment with the four standard configurations and screenshot its comparison,
 Stop. Nothing is left running afterwards.
 """
 
@@ -20,6 +21,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -45,6 +47,7 @@ CHROMIUM_ARGS = [
 ]
 VIEWPORT = {"width": 1440, "height": 1320}
 SLOW_MS = 240_000
+EXPERIMENT_MS = 900_000
 PROMPTS = (
     "Name three colours of the sea.",
     "Write one sentence about TorchServe.",
@@ -110,7 +113,9 @@ def chat_traffic(settings: Settings, stop: threading.Event) -> None:
         thread.join(timeout=120)
 
 
-def take(settings: Settings, url: str, output: Path, traffic_s: float) -> None:
+def take(
+    settings: Settings, url: str, output: Path, experiments_output: Path | None, traffic_s: float
+) -> None:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -147,6 +152,8 @@ def take(settings: Settings, url: str, output: Path, traffic_s: float) -> None:
         output.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(output))
         print(f"Wrote {output}", flush=True)
+        if experiments_output is not None:
+            run_experiment(page, experiments_output)
 
         print("Stop...", flush=True)
         page.get_by_role("button", name="Stop").click()
@@ -154,9 +161,28 @@ def take(settings: Settings, url: str, output: Path, traffic_s: float) -> None:
         browser.close()
 
 
+def run_experiment(page: Any, output: Path) -> None:
+    """The standard configurations at 1, 4 and 8 clients, one short request per client."""
+    print("Experiment...", flush=True)
+    page.get_by_role("tab", name="Experiments").click()
+    page.get_by_label("Requests per client").fill("1")
+    page.get_by_label("Answer length (tokens)").fill("48")
+    page.get_by_role("button", name="Run experiment").click()
+    page.get_by_text("finished after").first.wait_for(timeout=EXPERIMENT_MS)
+    page.locator(".js-plotly-plot .scatterlayer .trace .points path").first.wait_for()
+    time.sleep(2)  # the chart's last layout pass
+    page.screenshot(path=str(output), full_page=True)
+    print(f"Wrote {output}", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=ROOT / "screenshots" / "server_app.png")
+    parser.add_argument(
+        "--experiments-output",
+        default=str(ROOT / "screenshots" / "server_app_experiments.png"),
+        help="where the Experiments tab's screenshot goes ('' to skip the experiment)",
+    )
     parser.add_argument("--model-store", type=Path, default=ROOT / "model_store")
     parser.add_argument("--traffic-seconds", type=float, default=40.0)
     args = parser.parse_args()
@@ -176,7 +202,14 @@ def main() -> int:
     ensure_archive(settings.model_store, settings.model_name)
     console = start_console(settings, ports[5], run_root / "console.log")
     try:
-        take(settings, f"http://127.0.0.1:{ports[5]}", args.output.resolve(), args.traffic_seconds)
+        experiments = Path(args.experiments_output).resolve() if args.experiments_output else None
+        take(
+            settings,
+            f"http://127.0.0.1:{ports[5]}",
+            args.output.resolve(),
+            experiments,
+            args.traffic_seconds,
+        )
     finally:
         console.terminate()
         try:
