@@ -536,7 +536,11 @@ def _package(gguf: Path, options: dict[str, Any]) -> str:
 def _experiments(settings: Settings, server: process.ServerStatus) -> None:
     experiment = experiments.current_experiment(settings)
     if experiment is not None and experiment.state().running:
-        st.fragment(_experiment_progress, run_every=1.0)(experiment)
+        st.caption(
+            "The live view and the logs stop refreshing until the experiment ends, so that "
+            "drawing them takes no CPU from the measurement."
+        )
+        st.fragment(_experiment_progress, run_every=2.0)(experiment)
         return
     st.caption(
         "Measure serving configurations side by side on this server: each is packaged from a "
@@ -662,10 +666,10 @@ def _experiment_progress(experiment: experiments.Experiment) -> None:
     if st.button("Cancel", key="experiment_cancel", disabled=state.cancelled):
         experiment.cancel()
         st.rerun()
-    _experiment_results(state)
+    _experiment_results(state, chart=False)  # the chart once it ends: drawing it costs CPU
 
 
-def _experiment_results(state: experiments.ExperimentState) -> None:
+def _experiment_results(state: experiments.ExperimentState, chart: bool = True) -> None:
     started = datetime.fromtimestamp(state.started).strftime("%H:%M:%S")
     if state.running:
         st.caption(f"Experiment started at {started}; results appear as each cell ends.")
@@ -679,10 +683,13 @@ def _experiment_results(state: experiments.ExperimentState) -> None:
         st.warning(f"Not measured: {error}")
     if not state.rows:
         return
-    chart, table = st.columns([3, 2])
-    figure = experiments.comparison_figure(state.rows, "")
-    figure.update_layout(margin={"l": 10, "r": 10, "t": 40, "b": 10}, legend={"orientation": "h"})
-    chart.plotly_chart(figure, key="experiment_chart")
+    left, table = st.columns(2) if chart else (None, st.container())
+    if left is not None:
+        figure = experiments.comparison_figure(state.rows, "")
+        figure.update_layout(
+            margin={"l": 10, "r": 10, "t": 40, "b": 10}, legend={"orientation": "h"}
+        )
+        left.plotly_chart(figure, key="experiment_chart")
     table.dataframe(
         pd.DataFrame(experiments.table_rows(state.rows)), hide_index=True, key="experiment_table"
     )
@@ -734,6 +741,9 @@ def main() -> None:
     _server(settings, server)
 
     every = REFRESH_CHOICES[st.session_state.get(REFRESH, "5 s")]
+    experiment = experiments.current_experiment(settings)
+    if experiment is not None and experiment.state().running:
+        every = None  # redrawing the live view would take CPU from the measurement
     live, models_tab, archives, experiments_tab, logs = st.tabs(
         ["Live view", "Models", "Model store", "Experiments", "Logs"]
     )

@@ -48,6 +48,7 @@ CHROMIUM_ARGS = [
 VIEWPORT = {"width": 1440, "height": 1320}
 SLOW_MS = 240_000
 EXPERIMENT_MS = 900_000
+EXPERIMENT_VIEWPORT = {"width": 1600, "height": 1800}
 PROMPTS = (
     "Name three colours of the sea.",
     "Write one sentence about TorchServe.",
@@ -164,14 +165,19 @@ def take(
 def run_experiment(page: Any, output: Path) -> None:
     """The standard configurations at 1, 4 and 8 clients, one short request per client."""
     print("Experiment...", flush=True)
+    page.get_by_role("combobox", name="Live view refresh").click()
+    page.get_by_role("option", name="off", exact=True).click()
     page.get_by_role("tab", name="Experiments").click()
-    page.get_by_label("Requests per client").fill("1")
-    page.get_by_label("Answer length (tokens)").fill("48")
+    for label, value in (("Requests per client", "1"), ("Answer length (tokens)", "48")):
+        field = page.get_by_label(label)
+        field.fill(value)
+        field.press("Tab")  # Streamlit takes a number when the field loses focus
     page.get_by_role("button", name="Run experiment").click()
     page.get_by_text("finished after").first.wait_for(timeout=EXPERIMENT_MS)
     page.locator(".js-plotly-plot .scatterlayer .trace .points path").first.wait_for()
-    time.sleep(2)  # the chart's last layout pass
-    page.screenshot(path=str(output), full_page=True)
+    page.set_viewport_size(EXPERIMENT_VIEWPORT)  # the page scrolls inside: show all of it
+    time.sleep(3)  # the chart's last layout pass
+    page.screenshot(path=str(output))
     print(f"Wrote {output}", flush=True)
 
 

@@ -226,7 +226,6 @@ def table_rows(rows: Iterable[Row]) -> list[dict[str, object]]:
                 "TTFT p50 (ms)": _round(s.ttft_p50_ms, 0),
                 "TTFT p95 (ms)": _round(s.ttft_p95_ms, 0),
                 "ITL p50 (ms)": _round(s.itl_p50_ms, 1),
-                "ITL p95 (ms)": _round(s.itl_p95_ms, 1),
                 "failed": f"{s.failures}/{s.requests}",
                 "worker RSS (MB)": _round(r.rss_total_mb, 0),
             }
