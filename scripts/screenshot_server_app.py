@@ -173,8 +173,10 @@ def run_experiment(page: Any, output: Path) -> None:
         field.fill(value)
         field.press("Tab")  # Streamlit takes a number when the field loses focus
     page.get_by_role("button", name="Run experiment").click()
-    page.get_by_text("finished after").first.wait_for(timeout=EXPERIMENT_MS)
-    page.locator(".js-plotly-plot .scatterlayer .trace .points path").first.wait_for()
+    # Hidden tabs hold matching elements too: wait for the visible ones.
+    page.locator("text=finished after >> visible=true").first.wait_for(timeout=EXPERIMENT_MS)
+    points = ".js-plotly-plot .scatterlayer .trace .points path >> visible=true"
+    page.locator(points).first.wait_for()
     page.set_viewport_size(EXPERIMENT_VIEWPORT)  # the page scrolls inside: show all of it
     time.sleep(3)  # the chart's last layout pass
     page.screenshot(path=str(output))
