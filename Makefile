@@ -100,7 +100,7 @@ lint: $(STAMP_DEV)
 	$(PY) -m mypy tschat
 
 stop:
-	$(PY) -m tschat.process stop
+	$(PY) -m tschat.ops.process stop
 
 clean:
 	rm -rf var

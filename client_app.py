@@ -3,7 +3,7 @@
     streamlit run client_app.py --server.port 8502
 
 Widgets and session state only: conversations, export and import live in ``tschat.chat``,
-HTTP in ``tschat.inference`` and ``tschat.management``.
+HTTP in ``tschat.api``.
 
 Any click reruns the script and interrupts the run that is drawing an answer. So the answer in
 flight is a ``PendingAnswer`` kept in session state, whose own thread reads the HTTP stream: the
@@ -18,8 +18,10 @@ from typing import Any
 
 import streamlit as st
 
-from tschat.auth import KeyStore
-from tschat.chat import (
+from tschat.api.inference import InferenceClient
+from tschat.api.keys import KeyStore
+from tschat.api.management import ManagementClient
+from tschat.chat.conversation import (
     KNOBS,
     SEED_MAX,
     Conversation,
@@ -35,8 +37,6 @@ from tschat.chat import (
     to_markdown,
 )
 from tschat.errors import TsChatError
-from tschat.inference import InferenceClient
-from tschat.management import ManagementClient
 from tschat.settings import Settings
 
 # Session state keys.

@@ -205,7 +205,7 @@ fi
 
 step "Checking $model"
 [[ -f $model ]] || die "$model not found"
-if ! "$python" -m tschat.gguf check "$model"; then
+if ! "$python" -m tschat.ops.gguf check "$model"; then
   die "$model cannot be packaged; nothing was written"
 fi
 
@@ -258,7 +258,7 @@ if [[ -n $quantize ]]; then
   step "Quantizing to $quantize with llama.cpp (one line per tensor follows)"
   quantize_args=("$model" "$work/$model_file" "$quantize")
   [[ $allow_requantize -eq 0 ]] || quantize_args+=(--allow-requantize)
-  "$python" -m tschat.quantize "${quantize_args[@]}" || die "quantizing failed; nothing was written"
+  "$python" -m tschat.ops.quantize "${quantize_args[@]}" || die "quantizing failed; nothing was written"
   model="$work/$model_file"
 fi
 
@@ -273,7 +273,7 @@ import sys
 
 import yaml
 
-from tschat.gguf import read_gguf_info
+from tschat.ops.gguf import read_gguf_info
 
 (template, out, model, model_file, workers, batch_size, max_batch_delay, response_timeout,
  continuous_batching, n_ctx, threads, gpu_layers, seed, chat_template,

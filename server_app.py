@@ -3,7 +3,7 @@
     streamlit run server_app.py
 
 Widgets and session state only. Everything shown is asked of the OS and the server on each run
-(tschat.process.status, the management and metrics APIs), never remembered, so a refresh, a
+(tschat.ops.process.status, the management and metrics APIs), never remembered, so a refresh, a
 second tab or a server started elsewhere shows the truth. The work is done by the tschat package.
 """
 
@@ -20,11 +20,12 @@ import plotly.graph_objects as go
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
-from tschat import experiments, monitor, process, store
-from tschat.auth import KeyStore
+from tschat.api.keys import KeyStore
+from tschat.api.management import ManagementClient, ModelStatus
+from tschat.api.metrics import fetch_metrics
+from tschat.bench import experiments
 from tschat.errors import StartupFailed, TsChatError
-from tschat.management import ManagementClient, ModelStatus
-from tschat.metrics import fetch_metrics
+from tschat.ops import monitor, process, store
 from tschat.settings import Settings
 
 T = TypeVar("T")

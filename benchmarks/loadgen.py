@@ -14,7 +14,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tschat.auth import KeyStore
+from tschat.api.keys import KeyStore
 from tschat.loadgen import LoadSpec, format_summary, make_prompt, run_load
 from tschat.settings import Settings
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tschat.experiments import Row, comparison_figure, csv_text, peak_total
+from tschat.bench.experiments import Row, comparison_figure, csv_text, peak_total
 from tschat.loadgen import Summary
 
 # Row kinds: the two in-process limits and the served cells.

@@ -46,9 +46,9 @@ if __package__ in (None, ""):  # run as a script: make the checkout importable
 
 from benchmarks import inprocess, report
 from benchmarks.report import INPROC_BATCH, INPROC_SINGLE
-from tschat import process, store
-from tschat.auth import KeyStore
-from tschat.experiments import (
+from tschat.api.keys import KeyStore
+from tschat.api.management import ManagementClient
+from tschat.bench.experiments import (
     LoadPlan,
     Row,
     ServedConfig,
@@ -56,9 +56,9 @@ from tschat.experiments import (
     register_config,
     standard_configs,
 )
-from tschat.experiments import measure_config as measure_config_cells
+from tschat.bench.experiments import measure_config as measure_config_cells
 from tschat.loadgen import format_summary, make_prompt
-from tschat.management import ManagementClient
+from tschat.ops import process, store
 from tschat.settings import Settings
 
 RESULTS = Path(__file__).resolve().parent / "results"

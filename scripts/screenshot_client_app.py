@@ -25,9 +25,9 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tschat import process, store  # noqa: E402
-from tschat.auth import KeyStore  # noqa: E402
-from tschat.management import ManagementClient  # noqa: E402
+from tschat.api.keys import KeyStore  # noqa: E402
+from tschat.api.management import ManagementClient  # noqa: E402
+from tschat.ops import process, store  # noqa: E402
 from tschat.run import streamlit_argv  # noqa: E402
 from tschat.settings import Settings  # noqa: E402
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tschat import process
-from tschat.auth import KeyStore
-from tschat.inference import InferenceClient
-from tschat.management import ManagementClient
+from tschat.api.inference import InferenceClient
+from tschat.api.keys import KeyStore
+from tschat.api.management import ManagementClient
+from tschat.ops import process
 from tschat.settings import REPO_ROOT, Settings
 
 MODEL_NAME = "smollm2"

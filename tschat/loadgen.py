@@ -25,9 +25,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from tschat.auth import KeyStore
+from tschat.api.inference import ChatMessage, InferenceClient
+from tschat.api.keys import KeyStore
 from tschat.errors import TsChatError
-from tschat.inference import ChatMessage, InferenceClient
 
 DEFAULT_INSTRUCTION = (
     "Write a long, detailed story about a lighthouse keeper who finds a message in a bottle."

@@ -16,10 +16,10 @@ import sys
 import time
 from pathlib import Path
 
-from tschat import process
-from tschat.auth import KeyStore
+from tschat.api.keys import KeyStore
+from tschat.api.management import ManagementClient
 from tschat.errors import ModelNotFound, TsChatError
-from tschat.management import ManagementClient
+from tschat.ops import process
 from tschat.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -201,7 +201,7 @@ class Settings:
 
     @property
     def config_file(self) -> Path:
-        """config.properties written by :func:`tschat.process.write_config`."""
+        """config.properties written by :func:`tschat.ops.process.write_config`."""
         return self.run_dir / "config.properties"
 
     @property

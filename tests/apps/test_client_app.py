@@ -20,11 +20,11 @@ import streamlit.testing.v1.app_test as app_test_module
 from streamlit.runtime.memory_media_file_storage import MemoryFile, MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
-from tschat import process
-from tschat.auth import Keys, KeyStore
-from tschat.chat import Conversation
-from tschat.inference import InferenceClient
-from tschat.management import ManagementClient
+from tschat.api.inference import InferenceClient
+from tschat.api.keys import Keys, KeyStore
+from tschat.api.management import ManagementClient
+from tschat.chat.conversation import Conversation
+from tschat.ops import process
 from tschat.settings import REPO_ROOT, Settings
 
 if TYPE_CHECKING:

@@ -18,10 +18,10 @@ import pytest
 import yaml
 from streamlit.testing.v1 import AppTest
 
-from tschat import process, store
-from tschat.auth import KeyStore
+from tschat.api.keys import KeyStore
+from tschat.api.management import ManagementClient
 from tschat.errors import ModelNotFound
-from tschat.management import ManagementClient
+from tschat.ops import process, store
 from tschat.settings import REPO_ROOT, Settings
 
 if TYPE_CHECKING:

@@ -128,7 +128,7 @@ def streamlit_app(tmp_path: Path) -> Iterator[Callable[[str, int, Mapping[str, s
 @pytest.fixture(scope="session")
 def smollm2_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model store holding smollm2.mar, packaged once for the browser tests."""
-    from tschat import store
+    from tschat.ops import store
 
     folder = tmp_path_factory.mktemp("browser-store")
     gguf = store.default_gguf()

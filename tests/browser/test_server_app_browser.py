@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 import psutil
 import pytest
 
-from tschat import process
-from tschat.auth import KeyStore
-from tschat.inference import InferenceClient
+from tschat.api.inference import InferenceClient
+from tschat.api.keys import KeyStore
+from tschat.ops import process
 from tschat.settings import Settings
 
 if TYPE_CHECKING:

@@ -18,7 +18,7 @@ def load_handler(model_dir: Path, **config: object) -> Harness:
     if not gguf.exists():
         gguf.symlink_to(default_gguf())
     metrics = MetricsCacheYamlImpl(
-        config_file_path=str(ROOT / "tschat" / "torchserve_metrics.yaml")
+        config_file_path=str(ROOT / "tschat" / "ops" / "torchserve_metrics.yaml")
     )
     metrics.initialize_cache()
     yaml_config = {

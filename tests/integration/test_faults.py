@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tschat import process
-from tschat.auth import KeyStore
+from tschat.api.inference import InferenceClient
+from tschat.api.keys import KeyStore
+from tschat.api.management import ManagementClient
 from tschat.errors import QueueFull, ServerError
-from tschat.inference import InferenceClient
-from tschat.management import ManagementClient
+from tschat.ops import process
 from tschat.settings import REPO_ROOT
 
 pytestmark = pytest.mark.integration

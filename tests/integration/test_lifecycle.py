@@ -13,12 +13,12 @@ import psutil
 import pytest
 import requests
 
-from tschat import process
-from tschat.auth import Keys, KeyStore
+from tschat.api.inference import InferenceClient
+from tschat.api.keys import Keys, KeyStore
+from tschat.api.management import ManagementClient
+from tschat.api.metrics import fetch_metrics, total
 from tschat.errors import ArchiveInvalid, AuthError, ModelNotFound
-from tschat.inference import InferenceClient
-from tschat.management import ManagementClient
-from tschat.metrics import fetch_metrics, total
+from tschat.ops import process
 from tschat.settings import Settings
 
 if TYPE_CHECKING:

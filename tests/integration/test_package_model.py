@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tschat.gguf import read_gguf_info
+from tschat.ops.gguf import read_gguf_info
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ import psutil
 import pytest
 import tomllib
 
-from tschat import process
+from tschat.ops import process
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from tschat.auth import Keys, KeyStore, parse_expiration
+from tschat.api.keys import Keys, KeyStore, parse_expiration
 from tschat.errors import AuthError, KeyFileMissing, ServerNotRunning
 from tschat.settings import Settings
 

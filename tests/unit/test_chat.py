@@ -13,8 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import tschat.chat
-from tschat.chat import (
+import tschat.chat.conversation
+from tschat.api.inference import Timings, Usage
+from tschat.api.management import ModelEntry, ModelStatus, WorkerStatus
+from tschat.chat.conversation import (
     KNOBS,
     MAX_IMPORT_BYTES,
     AnswerStats,
@@ -38,12 +40,10 @@ from tschat.errors import (
     ServerNotRunning,
     SettingsError,
 )
-from tschat.inference import Timings, Usage
-from tschat.management import ModelEntry, ModelStatus, WorkerStatus
 
 
 def test_doctests() -> None:
-    assert doctest.testmod(tschat.chat).failed == 0
+    assert doctest.testmod(tschat.chat.conversation).failed == 0
 
 
 # ---------------------------------------------------------------- sampling settings

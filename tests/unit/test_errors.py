@@ -8,7 +8,7 @@ import re
 import pytest
 
 from tschat import errors
-from tschat._http import parse_error_body
+from tschat.api.transport import parse_error_body
 
 ERROR_CLASSES = {
     name: value

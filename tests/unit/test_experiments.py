@@ -7,9 +7,9 @@ import io
 
 import pytest
 
-from tschat import experiments
+from tschat.bench import experiments
+from tschat.bench.experiments import LoadPlan, Row, ServedConfig
 from tschat.errors import BadRequest
-from tschat.experiments import LoadPlan, Row, ServedConfig
 from tschat.loadgen import Summary
 
 

@@ -1,4 +1,4 @@
-"""tschat.gguf: the GGUF header reader, on the real default model and on small hand-made files."""
+"""tschat.ops.gguf: the GGUF header reader, on the real default model and small hand-made files."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import tschat.gguf
-from tschat.gguf import FILE_TYPES, GGML_TYPES, NotGGUFError, describe, read_gguf_info
+import tschat.ops.gguf
+from tschat.ops.gguf import FILE_TYPES, GGML_TYPES, NotGGUFError, describe, read_gguf_info
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -141,7 +141,7 @@ def test_type_tables_match_the_gguf_package() -> None:
 
 
 def test_doctests() -> None:
-    result = doctest.testmod(tschat.gguf)
+    result = doctest.testmod(tschat.ops.gguf)
     assert result.attempted > 0 and result.failed == 0
 
 
@@ -276,7 +276,7 @@ def test_garbage_never_escapes_as_another_error(
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "tschat.gguf", *args],
+        [sys.executable, "-m", "tschat.ops.gguf", *args],
         cwd=REPO,
         capture_output=True,
         text=True,

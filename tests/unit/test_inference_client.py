@@ -14,7 +14,8 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from tschat.auth import KeyStore
+from tschat.api.inference import ChatMessage, InferenceClient, Timings, Usage
+from tschat.api.keys import KeyStore
 from tschat.errors import (
     AuthError,
     BadRequest,
@@ -24,7 +25,6 @@ from tschat.errors import (
     ServerNotRunning,
     ServerTimeout,
 )
-from tschat.inference import ChatMessage, InferenceClient, Timings, Usage
 
 if TYPE_CHECKING:
     from conftest import Helpers, LocalServer

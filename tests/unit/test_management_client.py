@@ -11,7 +11,8 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 import pytest
 
-from tschat.auth import KeyStore
+from tschat.api.keys import KeyStore
+from tschat.api.management import ManagementClient, ModelEntry, ModelStatus
 from tschat.errors import (
     ArchiveInvalid,
     AuthError,
@@ -21,7 +22,6 @@ from tschat.errors import (
     ServerError,
     ServerNotRunning,
 )
-from tschat.management import ManagementClient, ModelEntry, ModelStatus
 from tschat.settings import Settings
 
 if TYPE_CHECKING:

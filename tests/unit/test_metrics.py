@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tschat.api.metrics import Sample, fetch_metrics, parse_prometheus, select, total, value
 from tschat.errors import ServerNotRunning
-from tschat.metrics import Sample, fetch_metrics, parse_prometheus, select, total, value
 from tschat.settings import Settings
 
 if TYPE_CHECKING:

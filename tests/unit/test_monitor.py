@@ -6,10 +6,10 @@ import doctest
 import os
 from datetime import datetime, timedelta
 
-import tschat.monitor
-from tschat.management import ModelStatus
-from tschat.metrics import parse_prometheus
-from tschat.monitor import MetricsHistory, MetricsSnapshot, filter_lines, worker_rows
+import tschat.ops.monitor
+from tschat.api.management import ModelStatus
+from tschat.api.metrics import parse_prometheus
+from tschat.ops.monitor import MetricsHistory, MetricsSnapshot, filter_lines, worker_rows
 
 T0 = datetime(2025, 1, 1, 12, 0, 0)
 
@@ -31,7 +31,7 @@ def snapshot(
 
 
 def test_doctests() -> None:
-    result = doctest.testmod(tschat.monitor)
+    result = doctest.testmod(tschat.ops.monitor)
     assert result.attempted > 0 and result.failed == 0
 
 
@@ -128,7 +128,7 @@ def test_worker_restarts_are_read_from_the_server_log() -> None:
             retry.format(n=4, w=1, model="my_model"),
         ]
     )
-    restarts = tschat.monitor.worker_restarts(log)
+    restarts = tschat.ops.monitor.worker_restarts(log)
     assert [(r.model, r.worker, r.at[11:16]) for r in restarts] == [
         ("smollm2", "9000", "10:03"),
         ("my_model", "9001", "10:04"),

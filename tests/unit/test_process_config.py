@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tschat import process
 from tschat.errors import JavaMissing, PortInUse, SettingsError
+from tschat.ops import process
 from tschat.settings import Settings
 
 if TYPE_CHECKING:

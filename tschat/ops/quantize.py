@@ -1,6 +1,6 @@
 """Re-quantize a GGUF model with llama.cpp's own quantizer (through llama-cpp-python).
 
-    python -m tschat.quantize SRC.gguf DST.gguf Q4_K_M [--threads N] [--allow-requantize]
+    python -m tschat.ops.quantize SRC.gguf DST.gguf Q4_K_M [--threads N] [--allow-requantize]
 
 The source should be full or near-full precision (F32, F16, BF16 or Q8_0).  Quantizing an
 already low-bit model again compounds the rounding error, so that is refused unless
@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from tschat.gguf import FILE_TYPES, NotGGUFError, format_size, read_gguf_info
+from tschat.ops.gguf import FILE_TYPES, NotGGUFError, format_size, read_gguf_info
 
 SOURCE_TYPES = ("F32", "F16", "BF16", "Q8_0")
 # Every llama_ftype that llama.cpp can produce from a float model (MXFP4_MOE needs an MoE model).
@@ -114,7 +114,7 @@ def quantize(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tschat.quantize",
+        prog="python -m tschat.ops.quantize",
         description="Re-quantize a GGUF model with llama.cpp's quantizer.",
         epilog=f"Types: {_types_list()}.",
     )

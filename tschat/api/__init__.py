@@ -1,0 +1,1 @@
+"""API clients of TorchServe over one HTTP transport: inference, management, keys, metrics."""

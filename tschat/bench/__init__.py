@@ -1,0 +1,1 @@
+"""Benchmarking: the load generator and serving experiments (data, not figures)."""

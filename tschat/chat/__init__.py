@@ -1,0 +1,1 @@
+"""The chat: conversations, sampling settings, the answer in flight, the server status."""

@@ -1,0 +1,1 @@
+"""Operations: the TorchServe process, the model store, serving, packaging, monitoring."""
