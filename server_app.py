@@ -643,7 +643,7 @@ def _add_config() -> None:
 def _start_experiment(
     settings: Settings, configs: dict[str, experiments.ServedConfig]
 ) -> experiments.Experiment:
-    from tschat.loadgen import make_prompt
+    from tschat.bench.loadgen import make_prompt
 
     plan = experiments.LoadPlan(
         clients=tuple(sorted(int(c) for c in st.session_state[EXP_CLIENTS])),

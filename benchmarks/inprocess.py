@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tschat.loadgen import RequestRecord, Summary, summarize
+from tschat.bench.loadgen import RequestRecord, Summary, summarize
 
 HANDLERS = Path(__file__).resolve().parent.parent / "handlers"
 

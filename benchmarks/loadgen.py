@@ -1,4 +1,4 @@
-"""Command line of the load generator (tschat.loadgen), against a running local TorchServe.
+"""Command line of the load generator (tschat.bench.loadgen), against a running local TorchServe.
 
     python -m benchmarks.loadgen --clients 8 --requests 16 --max-tokens 64
 
@@ -15,7 +15,7 @@ if __package__ in (None, ""):  # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tschat.api.keys import KeyStore
-from tschat.loadgen import LoadSpec, format_summary, make_prompt, run_load
+from tschat.bench.loadgen import LoadSpec, format_summary, make_prompt, run_load
 from tschat.settings import Settings
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tschat.bench.experiments import Row, comparison_figure, csv_text, peak_total
-from tschat.loadgen import Summary
+from tschat.bench.loadgen import Summary
 
 # Row kinds: the two in-process limits and the served cells.
 INPROC_SINGLE = "inproc-single"

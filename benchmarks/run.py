@@ -57,7 +57,7 @@ from tschat.bench.experiments import (
     standard_configs,
 )
 from tschat.bench.experiments import measure_config as measure_config_cells
-from tschat.loadgen import format_summary, make_prompt
+from tschat.bench.loadgen import format_summary, make_prompt
 from tschat.ops import process, store
 from tschat.settings import Settings
 

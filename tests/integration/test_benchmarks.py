@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tschat.loadgen import LoadSpec, run_load
+from tschat.bench.loadgen import LoadSpec, run_load
 from tschat.settings import REPO_ROOT
 
 pytestmark = pytest.mark.integration

@@ -9,8 +9,8 @@ import pytest
 
 from tschat.bench import experiments
 from tschat.bench.experiments import LoadPlan, Row, ServedConfig
+from tschat.bench.loadgen import Summary
 from tschat.errors import BadRequest
-from tschat.loadgen import Summary
 
 
 def summary(tps: float | None, requests: int = 4, failures: int = 0) -> Summary:

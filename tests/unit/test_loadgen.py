@@ -17,11 +17,10 @@ from hypothesis import strategies as st
 
 from benchmarks import report
 from benchmarks.report import INPROC_BATCH, INPROC_SINGLE, evaluate_targets
-from tschat import loadgen
 from tschat.api.keys import KeyStore
-from tschat.bench import experiments
+from tschat.bench import experiments, loadgen
 from tschat.bench.experiments import Row
-from tschat.loadgen import (
+from tschat.bench.loadgen import (
     LoadSpec,
     RequestRecord,
     Summary,

@@ -3,7 +3,7 @@
 A configuration (:class:`ServedConfig`) is a batch size, a max batch delay, a worker count,
 threads per worker and the batching mode. An experiment packages one archive per
 configuration, registers it on a running TorchServe, runs the load generator at each client
-count (:mod:`tschat.loadgen`), records one :class:`Row` per cell with the workers' memory and
+count (:mod:`tschat.bench.loadgen`), records one :class:`Row` per cell with the workers' memory and
 CPU time, and unregisters it again. ``benchmarks/run.py`` does this on a TorchServe of its
 own; the console's Experiments page on the operator's server, in a background
 :class:`Experiment` that outlives the page's reruns.
@@ -26,8 +26,8 @@ import psutil
 
 from tschat.api.keys import KeyStore
 from tschat.api.management import ManagementClient
+from tschat.bench.loadgen import DEFAULT_INSTRUCTION, LoadSpec, RequestRecord, Summary, run_load
 from tschat.errors import BadRequest, TsChatError
-from tschat.loadgen import DEFAULT_INSTRUCTION, LoadSpec, RequestRecord, Summary, run_load
 from tschat.ops import process, store
 from tschat.settings import Settings
 
