@@ -11,16 +11,14 @@ from typing import Any, Literal, TypedDict, cast
 from urllib.parse import quote
 
 import requests
-import requests.adapters
 from urllib3.exceptions import ReadTimeoutError
 
 from tschat.api.keys import KeyStore
-from tschat.api.transport import is_auth_failure, parse_error_body, raise_for_status
-from tschat.errors import BadRequest, ServerError, ServerNotRunning, ServerTimeout
+from tschat.api.transport import CONNECT_TIMEOUT_S, Transport, parse_error_body
+from tschat.errors import BadRequest, ServerError, ServerTimeout
 from tschat.settings import Settings
 
 MODEL_VERSION = "1.0"
-CONNECT_TIMEOUT_S = 5.0
 
 
 class ChatMessage(TypedDict):
@@ -280,18 +278,6 @@ class ChatStream:
         self.close()
 
 
-POOL_SIZE = 64  # concurrent streams one client may hold open (several chat tabs, load tests)
-
-
-def _pooled_session() -> requests.Session:
-    """A session that keeps up to POOL_SIZE connections, so concurrent streams reuse them."""
-    session = requests.Session()
-    adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=POOL_SIZE)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session
-
-
 class InferenceClient:
     """Talks to the inference API (default port 8080) with the inference key."""
 
@@ -302,16 +288,25 @@ class InferenceClient:
         timeout: float = 330.0,
         *,
         session: requests.Session | None = None,
+        connect_timeout: float = CONNECT_TIMEOUT_S,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
         if isinstance(key, KeyStore):
             self.keys: KeyStore | None = key
         elif key is not None:
             self.keys = KeyStore.explicit(inference=key)
         else:
             self.keys = None
+        self.transport = Transport(
+            base_url,
+            timeout=timeout,
+            keys=self.keys,
+            kind="inference",
+            connect_timeout=connect_timeout,
+            session=session,
+        )
+        self.base_url = self.transport.base_url
         self.timeout = timeout
-        self.session = session or _pooled_session()
+        self.session = self.transport.session
 
     @classmethod
     def from_settings(cls, settings: Settings, keys: KeyStore | None = None) -> InferenceClient:
@@ -327,47 +322,10 @@ class InferenceClient:
         stream: bool = False,
         model: str | None = None,
     ) -> requests.Response:
-        """Send one request with the inference key; the only HTTP seam. Errors are raised."""
-        url = self.base_url + path
-        rejected: str | None = None
-        for attempt in range(2):
-            headers = {"Accept": "text/event-stream" if stream else "application/json"}
-            key = None
-            if self.keys is not None:
-                key = (
-                    self.keys.key("inference")
-                    if rejected is None
-                    else self.keys.recover("inference", rejected)
-                )
-                headers["Authorization"] = f"Bearer {key}"
-            try:
-                response = self.session.request(
-                    method,
-                    url,
-                    json=body,
-                    headers=headers,
-                    stream=stream,
-                    timeout=(CONNECT_TIMEOUT_S, self.timeout),
-                )
-            except requests.Timeout:
-                raise ServerTimeout(url, self.timeout) from None
-            except requests.ConnectionError:
-                raise ServerNotRunning(self.base_url) from None
-            except requests.RequestException as error:
-                raise ServerError(f"The answer from TorchServe broke off: {error}") from error
-            if response.status_code >= 400:
-                response.encoding = "utf-8"
-                text = response.text  # reads and releases the connection
-                if (
-                    attempt == 0
-                    and self.keys is not None
-                    and is_auth_failure(response.status_code, parse_error_body(text))
-                ):
-                    rejected = key
-                    continue
-                raise_for_status(response, model=model)
-            return response
-        raise AssertionError("unreachable")
+        accept = "text/event-stream" if stream else "application/json"
+        return self.transport.request(
+            method, path, body=body, headers={"Accept": accept}, stream=stream, model=model
+        )
 
     def _path(self, model: str, endpoint: str) -> str:
         return f"/predictions/{quote(model, safe='')}/{MODEL_VERSION}/v1/{endpoint}"
@@ -380,7 +338,7 @@ class InferenceClient:
             if error.status == 500:
                 return "Unhealthy"
             raise
-        return str(response.json().get("status", "Unknown"))
+        return str(_json_object(response).get("status", "Unknown"))
 
     def chat(self, model: str, messages: Sequence[ChatMessage], **params: Any) -> ChatCompletion:
         """One whole chat.completion (``stream`` false)."""
@@ -393,7 +351,10 @@ class InferenceClient:
     def chat_stream(self, model: str, messages: Sequence[ChatMessage], **params: Any) -> ChatStream:
         """Stream a chat answer: iterate the returned ChatStream for text deltas."""
         body = _body(params, messages=list(messages), stream=True)
-        return self._stream(self._path(model, "chat/completions"), body, model)
+        path = self._path(model, "chat/completions")
+        started = time.perf_counter()
+        response = self._request("POST", path, body=body, stream=True, model=model)
+        return ChatStream(response, self.base_url + path, started, self.timeout)
 
     def completions(self, model: str, prompt: str, **params: Any) -> dict[str, Any]:
         """One whole text completion for a raw prompt."""
@@ -402,20 +363,9 @@ class InferenceClient:
             self._request("POST", self._path(model, "completions"), body=body, model=model)
         )
 
-    def completions_stream(self, model: str, prompt: str, **params: Any) -> ChatStream:
-        """Stream a text completion for a raw prompt."""
-        return self._stream(
-            self._path(model, "completions"), _body(params, prompt=prompt, stream=True), model
-        )
-
     def models(self, model: str) -> dict[str, Any]:
         """The handler's OpenAI ``/v1/models`` list."""
         return _json_object(self._request("GET", self._path(model, "models"), model=model))
-
-    def _stream(self, path: str, body: Mapping[str, Any], model: str) -> ChatStream:
-        started = time.perf_counter()
-        response = self._request("POST", path, body=body, stream=True, model=model)
-        return ChatStream(response, self.base_url + path, started, self.timeout)
 
 
 def _body(params: Mapping[str, Any], **fixed: Any) -> dict[str, Any]:

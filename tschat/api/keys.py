@@ -20,26 +20,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal, TypedDict
+from typing import Any
 
-import requests
-
-from tschat.errors import AuthError, KeyFileMissing, ServerNotRunning, ServerTimeout
+from tschat.api.transport import KeyKind, Transport
+from tschat.errors import AuthError, KeyFileMissing
 from tschat.settings import Settings
 
-KeyKind = Literal["inference", "management"]
 REFRESH_MARGIN_S = 30.0
-
-
-KeyEntry = TypedDict("KeyEntry", {"key": str, "expiration time": str}, total=False)
-
-
-class KeyFilePayload(TypedDict, total=False):
-    """The JSON of key_file.json."""
-
-    management: KeyEntry
-    inference: KeyEntry
-    API: KeyEntry
 
 
 @dataclass(frozen=True)
@@ -254,22 +241,13 @@ class KeyStore:
             keys = self.current()
             if keys.api is None or self.management_url is None:
                 raise AuthError(f"cannot refresh the {kind} key without the API key")
-            url = f"{self.management_url}/token"
-            try:
-                response = requests.get(
-                    url,
-                    params={"type": kind},
-                    headers={"Authorization": f"Bearer {keys.api}"},
-                    timeout=self.timeout_s,
-                )
-            except requests.Timeout:
-                raise ServerTimeout(url, self.timeout_s) from None
-            except requests.ConnectionError:
-                raise ServerNotRunning(self.management_url) from None
-            if response.status_code != 200:
-                raise AuthError(
-                    f"key refresh answered HTTP {response.status_code}: {response.text[:200]}"
-                )
+            # The API key never expires: one plain request, no refresh-and-retry.
+            Transport(self.management_url, timeout=self.timeout_s).request(
+                "GET",
+                "/token",
+                params={"type": kind},
+                headers={"Authorization": f"Bearer {keys.api}"},
+            )
             self._refreshed_at[kind] = time.monotonic()
             if self.path is None:
                 # The new key was written on the server's machine; we cannot read it here.

@@ -6,21 +6,19 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any
 from urllib.parse import quote
 
 import requests
 
-from tschat.api.keys import Keys, KeyStore
-from tschat.api.transport import is_auth_failure, parse_error_body, raise_for_status
+from tschat.api.keys import KeyStore
+from tschat.api.transport import Transport
 from tschat.errors import (
     ArchiveInvalid,
     BadRequest,
     ModelNotFound,
     ModelNotReady,
     ServerError,
-    ServerNotRunning,
-    ServerTimeout,
     TsChatError,
 )
 from tschat.settings import Settings
@@ -29,43 +27,6 @@ from tschat.settings import Settings
 # path is refused here before it reaches the server (see process.write_config for allowed_urls).
 ARCHIVE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\.mar")
 QUICK_TIMEOUT_S = 30.0
-
-
-class WorkerPayload(TypedDict, total=False):
-    """One worker in TorchServe's describe answer."""
-
-    id: str
-    startTime: str
-    status: str
-    memoryUsage: int
-    pid: int
-    gpu: bool
-    gpuUsage: str
-
-
-class JobQueuePayload(TypedDict, total=False):
-    """Queue figures in TorchServe's describe answer."""
-
-    remainingCapacity: int
-    pendingRequests: int
-
-
-class DescribeModelPayload(TypedDict, total=False):
-    """TorchServe's describe answer for one model version (the fields we read)."""
-
-    modelName: str
-    modelVersion: str
-    modelUrl: str
-    runtime: str
-    minWorkers: int
-    maxWorkers: int
-    batchSize: int
-    maxBatchDelay: int
-    responseTimeout: int
-    startupTimeout: int
-    loadedAtStartup: bool
-    workers: list[WorkerPayload]
-    jobQueueStatus: JobQueuePayload
 
 
 @dataclass(frozen=True)
@@ -171,8 +132,14 @@ class ManagementClient:
     ) -> None:
         self.settings = settings
         self.keys = keys if keys is not None else KeyStore(settings)
-        self.base_url = (base_url or settings.management_url).rstrip("/")
-        self.session = session or requests.Session()
+        self.transport = Transport(
+            base_url or settings.management_url,
+            timeout=QUICK_TIMEOUT_S,
+            keys=self.keys,
+            kind="management",
+            session=session,
+        )
+        self.base_url = self.transport.base_url
 
     def _request(
         self,
@@ -183,38 +150,12 @@ class ManagementClient:
         model: str | None = None,
         timeout: float = QUICK_TIMEOUT_S,
     ) -> Any:
-        """Send one request with the management key and return its JSON; the only HTTP seam."""
-        url = self.base_url + path
-        rejected: str | None = None
-        for attempt in range(2):
-            key = (
-                self.keys.key("management")
-                if rejected is None
-                else self.keys.recover("management", rejected)
-            )
-            try:
-                response = self.session.request(
-                    method,
-                    url,
-                    params=params,
-                    headers={"Authorization": f"Bearer {key}"},
-                    timeout=(5.0, timeout),
-                )
-            except requests.Timeout:
-                raise ServerTimeout(url, timeout) from None
-            except requests.ConnectionError:
-                raise ServerNotRunning(self.base_url) from None
-            if attempt == 0 and is_auth_failure(
-                response.status_code, parse_error_body(response.text)
-            ):
-                rejected = key  # the key may have expired or been refreshed elsewhere: retry once
-                continue
-            raise_for_status(response, model=model)
-            try:
-                return response.json()
-            except ValueError:
-                return {"status": response.text}
-        raise AssertionError("unreachable")
+        """Send one request with the management key and return its JSON."""
+        response = self.transport.request(method, path, params=params, model=model, timeout=timeout)
+        try:
+            return response.json()
+        except ValueError:
+            return {"status": response.text}
 
     def list_models(self) -> list[ModelEntry]:
         """All registered models (every page)."""
@@ -393,12 +334,6 @@ class ManagementClient:
                 states = ", ".join(worker.status for worker in status.workers) or "no workers"
                 raise ModelNotReady(name, states)
             time.sleep(poll_s)
-
-    def refresh_key(self, kind: str = "inference") -> Keys:
-        """Ask TorchServe for a new inference or management key (it rewrites key_file.json)."""
-        if kind not in ("inference", "management"):
-            raise ValueError("kind must be 'inference' or 'management'")
-        return self.keys.refresh("inference" if kind == "inference" else "management")
 
     def _long_timeout(self) -> float:
         return max(self.settings.request_timeout_s, QUICK_TIMEOUT_S)

@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-import requests
+from prometheus_client.parser import text_string_to_metric_families
 
-from tschat.errors import ServerError, ServerNotRunning, ServerTimeout
+from tschat.api.transport import Transport
 from tschat.settings import Settings
-
-_NAME = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*")
-_LABEL = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*(,?)')
-_ESCAPES = {"\\\\": "\\", '\\"': '"', "\\n": "\n"}
 
 
 @dataclass(frozen=True)
@@ -33,7 +28,8 @@ class Sample:
 
 
 def parse_prometheus(text: str) -> list[Sample]:
-    """Parse Prometheus text exposition; comments, blank lines and malformed lines are skipped.
+    """Parse Prometheus text exposition with ``prometheus_client``'s parser, line by line, so
+    that a malformed line is skipped instead of spoiling the rest; comments are skipped too.
 
     >>> samples = parse_prometheus('''
     ... # HELP ts_inference_requests_total Total number of inference requests.
@@ -48,46 +44,21 @@ def parse_prometheus(text: str) -> list[Sample]:
     >>> samples[0].labels["model_name"], samples[3].labels["name"]
     ('smollm2', 'say "hi"')
     """
-    samples = []
+    samples: list[Sample] = []
     for raw in text.splitlines():
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        sample = _parse_line(line)
-        if sample is not None:
-            samples.append(sample)
+        try:
+            families = list(text_string_to_metric_families(line + "\n"))
+        except ValueError:
+            continue
+        samples.extend(
+            Sample(sample.name, dict(sample.labels), float(sample.value))
+            for family in families
+            for sample in family.samples
+        )
     return samples
-
-
-def _parse_line(line: str) -> Sample | None:
-    name_match = _NAME.match(line)
-    if name_match is None:
-        return None
-    name = name_match.group(0)
-    rest = line[name_match.end() :]
-    labels: dict[str, str] = {}
-    if rest.startswith("{"):
-        position = 1
-        while True:
-            if rest[position:].lstrip().startswith("}"):
-                position = rest.index("}", position) + 1
-                break
-            label = _LABEL.match(rest, position)
-            if label is None:
-                return None
-            labels[label.group(1)] = re.sub(
-                r'\\[\\"n]', lambda m: _ESCAPES[m.group(0)], label.group(2)
-            )
-            position = label.end()
-        rest = rest[position:]
-    fields = rest.split()
-    if not fields:
-        return None
-    try:
-        value = float(fields[0])  # float() reads "+Inf", "-Inf" and "NaN" too
-    except ValueError:
-        return None
-    return Sample(name, labels, value)
 
 
 def select(samples: Iterable[Sample], name: str, **labels: str) -> list[Sample]:
@@ -131,17 +102,11 @@ def fetch_metrics(
     settings: Settings, names: Sequence[str] = (), timeout: float = 10.0
 ) -> list[Sample]:
     """Fetch and parse ``/metrics`` (the metrics API takes no key), optionally only ``names``."""
-    url = f"{settings.metrics_url}/metrics"
     params = {"name[]": list(names)} if names else None
+    transport = Transport(settings.metrics_url, timeout=timeout)
     try:
-        response = requests.get(url, params=params, timeout=timeout)
-    except requests.Timeout:
-        raise ServerTimeout(url, timeout) from None
-    except requests.ConnectionError:
-        raise ServerNotRunning(settings.metrics_url) from None
-    if response.status_code != 200:
-        raise ServerError(
-            f"The metrics API answered HTTP {response.status_code}.", status=response.status_code
-        )
+        response = transport.request("GET", "/metrics", params=params)
+    finally:
+        transport.close()
     response.encoding = "utf-8"
     return parse_prometheus(response.text)

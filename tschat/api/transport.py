@@ -1,12 +1,24 @@
-"""Turn TorchServe and handler error answers into the package's errors (shared by the clients)."""
+"""The one HTTP seam to TorchServe: a pooled session, keys with one refresh-and-retry, errors.
+
+Every client of the package sends its requests through :class:`Transport`: the inference and
+management clients, the key refresh, the metrics reader and the health probe. It
+
+* keeps one ``requests.Session`` per client, pooled so that concurrent streams reuse connections;
+* sends the current key of its kind as a bearer token and, when TorchServe refuses it (TorchServe
+  answers 400 with ``InvalidKeyException``), asks the key source for another and retries once;
+* turns every transport failure and every error answer into the package's errors
+  (:func:`raise_for_status` is the one status-to-error map), with messages for people.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import requests
+import requests.adapters
 
 from tschat.errors import (
     AuthError,
@@ -14,7 +26,13 @@ from tschat.errors import (
     ModelNotFound,
     QueueFull,
     ServerError,
+    ServerNotRunning,
+    ServerTimeout,
 )
+
+KeyKind = Literal["inference", "management"]
+CONNECT_TIMEOUT_S = 5.0
+POOL_SIZE = 64  # concurrent streams one client may hold open (several chat tabs, load tests)
 
 # TorchServe's words for a refused key (TokenAuthorizationHandler raises InvalidKeyException).
 AUTH_ERROR_TYPE = "InvalidKeyException"
@@ -124,3 +142,109 @@ def _json(text: str) -> Any:
 
 def _opt(value: object) -> str | None:
     return None if value is None else str(value)
+
+
+class KeySource(Protocol):
+    """Where a transport gets its key (``tschat.api.keys.KeyStore``)."""
+
+    def key(self, kind: KeyKind) -> str:
+        """A usable key of one kind."""
+        ...
+
+    def recover(self, kind: KeyKind, rejected: str | None) -> str:
+        """A different key after TorchServe refused ``rejected``."""
+        ...
+
+
+def pooled_session() -> requests.Session:
+    """A session that keeps up to POOL_SIZE connections, so concurrent streams reuse them."""
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=POOL_SIZE)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+class Transport:
+    """Requests to one TorchServe API, with the key of ``kind`` from ``keys`` (none: no key)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float,
+        keys: KeySource | None = None,
+        kind: KeyKind = "inference",
+        connect_timeout: float = CONNECT_TIMEOUT_S,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.keys = keys
+        self.kind: KeyKind = kind
+        self.connect_timeout = connect_timeout
+        self.session = session or pooled_session()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        body: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        stream: bool = False,
+        model: str | None = None,
+        timeout: float | None = None,
+    ) -> requests.Response:
+        """Send one request; return the answer when it succeeded, else raise the package error.
+
+        ``timeout`` is how long to wait for the next bytes (default: the transport's); with
+        ``stream`` the body is left unread for the caller to iterate.
+        """
+        url = self.base_url + path
+        read_timeout = self.timeout if timeout is None else timeout
+        rejected: str | None = None
+        for attempt in range(2):
+            sent = dict(headers or {})
+            key = None
+            if self.keys is not None:
+                key = (
+                    self.keys.key(self.kind)
+                    if rejected is None
+                    else self.keys.recover(self.kind, rejected)
+                )
+                sent["Authorization"] = f"Bearer {key}"
+            try:
+                response = self.session.request(
+                    method,
+                    url,
+                    params=params,
+                    json=body,
+                    headers=sent,
+                    stream=stream,
+                    timeout=(self.connect_timeout, read_timeout),
+                )
+            except requests.Timeout:
+                raise ServerTimeout(url, read_timeout) from None
+            except requests.ConnectionError:
+                raise ServerNotRunning(self.base_url) from None
+            except requests.RequestException as error:
+                raise ServerError(f"The answer from TorchServe broke off: {error}") from error
+            if response.status_code >= 400:
+                response.encoding = "utf-8"
+                text = response.text  # reads and releases the connection
+                if (
+                    attempt == 0
+                    and self.keys is not None
+                    and is_auth_failure(response.status_code, parse_error_body(text))
+                ):
+                    rejected = key  # expired, or refreshed elsewhere: one more try
+                    continue
+                raise_for_status(response, model=model)
+            return response
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self.session.close()

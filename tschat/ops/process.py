@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Literal, get_args
 
 import psutil
-import requests
 
+from tschat.api.inference import InferenceClient
 from tschat.api.keys import Keys
-from tschat.api.transport import AUTH_ERROR_TYPE
 from tschat.errors import (
+    AuthError,
     JavaMissing,
     PortInUse,
     SettingsError,
@@ -372,26 +372,18 @@ def _family(frontend: psutil.Process | None, settings: Settings) -> list[psutil.
 
 def _probe(settings: Settings, timeout: float = 2.0) -> tuple[bool, str | None]:
     """Whether TorchServe answers on the inference port, and its /ping status (None: no key)."""
-    headers = {}
+    key = None
     with contextlib.suppress(TsChatError, OSError):
         key = Keys.from_file(settings.key_file).inference
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
+    client = InferenceClient(settings.inference_url, key, timeout, connect_timeout=timeout)
     try:
-        response = requests.get(f"{settings.inference_url}/ping", headers=headers, timeout=timeout)
-    except requests.RequestException:
-        return False, None
-    try:
-        data = response.json()
-    except ValueError:
-        return False, None
-    if not isinstance(data, dict):
-        return False, None
-    if response.status_code == 400 and data.get("type") == AUTH_ERROR_TYPE:
-        return True, None
-    if response.status_code in (200, 500) and isinstance(data.get("status"), str):
-        return True, data["status"]
-    return False, None
+        return True, client.ping()
+    except AuthError:
+        return True, None  # it answers, but refuses the key (or we have none)
+    except TsChatError:
+        return False, None  # nothing answers, or not like TorchServe
+    finally:
+        client.session.close()
 
 
 def status(settings: Settings) -> ServerStatus:
