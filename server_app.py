@@ -20,12 +20,12 @@ import plotly.graph_objects as go
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
-from tschat.api.keys import KeyStore
-from tschat.api.management import ManagementClient, ModelStatus
+from tschat.api.management import ModelStatus
 from tschat.api.metrics import fetch_metrics
 from tschat.bench import experiments
 from tschat.errors import StartupFailed, TsChatError
 from tschat.ops import monitor, process, store
+from tschat.ops.serving import ServingRegistry
 from tschat.settings import Settings
 
 T = TypeVar("T")
@@ -174,10 +174,12 @@ def _sidebar(settings: Settings) -> None:
 
 def _live_view(settings: Settings) -> None:
     server = process.status(settings)
-    management = _management(settings)
+    registry = _registry(settings)
     models: list[ModelStatus] = []
     if server.running:
-        models = _attempt(lambda: monitor.registered_models(management), report_to=st) or []
+        models = (
+            _attempt(lambda: monitor.registered_models(registry.management), report_to=st) or []
+        )
     if (server.running, tuple(m.name for m in models)) != st.session_state.get(SEEN):
         st.rerun()  # started, stopped, registered or unregistered elsewhere: redraw it all
     st.caption(f"Updated {datetime.now().strftime('%H:%M:%S')}. {server.summary}")
@@ -278,18 +280,18 @@ def _models(
         return
     if models is None:
         return  # the error was shown above
-    management = _management(settings)
+    registry = _registry(settings)
     st.subheader("Registered models")
     if models:
         st.dataframe(pd.DataFrame([monitor.model_row(m) for m in models]), hide_index=True)
-        _registered_model_controls(management, models)
+        _registered_model_controls(registry, models)
     else:
         st.info("No model is registered yet.")
     st.subheader("Register a model")
-    _register_form(settings, management)
+    _register_form(settings, registry)
 
 
-def _registered_model_controls(management: ManagementClient, models: list[ModelStatus]) -> None:
+def _registered_model_controls(registry: ServingRegistry, models: list[ModelStatus]) -> None:
     names = [m.name for m in models]
     if st.session_state.get(MODEL_PICK) not in names:
         st.session_state[MODEL_PICK] = names[0]
@@ -314,7 +316,7 @@ def _registered_model_controls(management: ManagementClient, models: list[ModelS
             low, high = int(st.session_state[SCALE_MIN]), int(st.session_state[SCALE_MAX])
             _act(
                 f"Scaling {name} to {low}-{high} workers...",
-                lambda: _scale(management, name, low, high),
+                lambda: _scale(registry, name, low, high),
                 forget=_MODEL_FORM_KEYS,
             )
     with tune.form("retune"):
@@ -326,7 +328,7 @@ def _registered_model_controls(management: ManagementClient, models: list[ModelS
             batch, delay = int(st.session_state[TUNE_BATCH]), int(st.session_state[TUNE_DELAY])
             _act(
                 f"Registering {name} again with batch size {batch}, {delay} ms...",
-                lambda: _retune(management, name, batch, delay),
+                lambda: _retune(registry, name, batch, delay),
                 forget=_MODEL_FORM_KEYS,
             )
     with remove.container(border=True):
@@ -335,7 +337,7 @@ def _registered_model_controls(management: ManagementClient, models: list[ModelS
         if st.button(f"Unregister {name}", key="unregister"):
             _act(
                 f"Unregistering {name}...",
-                lambda: _unregister(management, name),
+                lambda: _unregister(registry, name),
                 forget=(MODEL_PICK, *_MODEL_FORM_KEYS),
             )
 
@@ -348,34 +350,28 @@ def _forget(keys: Sequence[str]) -> None:
         st.session_state.pop(key, None)
 
 
-def _scale(management: ManagementClient, name: str, low: int, high: int) -> str:
-    status = store.scale_model(
-        management,
-        name,
-        model_store=management.settings.model_store,
-        min_workers=low,
-        max_workers=high,
-    )
+def _scale(registry: ServingRegistry, name: str, low: int, high: int) -> str:
+    status = registry.scale(name, low, high)
     return f"{name} now has {status.ready_workers} READY of {len(status.workers)} workers."
 
 
-def _retune(management: ManagementClient, name: str, batch: int, delay: int) -> str:
-    status = store.retune_model(management, name, batch_size=batch, max_batch_delay=delay)
+def _retune(registry: ServingRegistry, name: str, batch: int, delay: int) -> str:
+    status = registry.retune(name, batch_size=batch, max_batch_delay=delay)
     return (
         f"{name} is registered again with batch size {status.batch_size} and max batch delay "
         f"{status.max_batch_delay} ms ({status.ready_workers} READY workers)."
     )
 
 
-def _unregister(management: ManagementClient, name: str) -> str:
-    management.unregister_model(name)
+def _unregister(registry: ServingRegistry, name: str) -> str:
+    registry.unregister(name)
     return f"{name} is unregistered; its workers have stopped."
 
 
 _REGISTER_KEYS = (REG_NAME, REG_BATCH, REG_DELAY, REG_INITIAL, REG_MIN, REG_MAX, REG_TIMEOUT)
 
 
-def _register_form(settings: Settings, management: ManagementClient) -> None:
+def _register_form(settings: Settings, registry: ServingRegistry) -> None:
     archives = [a for a in store.list_archives(settings.model_store) if a.usable]
     if not archives:
         st.info(f"No usable archive in {settings.model_store}. Package one in the Model store tab.")
@@ -430,16 +426,14 @@ def _register_form(settings: Settings, management: ManagementClient) -> None:
             values = {key: st.session_state[key] for key in _REGISTER_KEYS}
             _act(
                 f"Registering {values[REG_NAME]} from {archive.file}...",
-                lambda: _register(management, archive.file, values),
+                lambda: _register(registry, archive.file, values),
                 forget=_REGISTER_KEYS,
             )
 
 
-def _register(management: ManagementClient, archive: str, values: dict[str, Any]) -> str:
-    status = store.register_archive(
-        management,
+def _register(registry: ServingRegistry, archive: str, values: dict[str, Any]) -> str:
+    status = registry.register(
         archive,
-        model_store=management.settings.model_store,
         model_name=str(values[REG_NAME]).strip(),
         batch_size=int(values[REG_BATCH]),
         max_batch_delay=int(values[REG_DELAY]),
@@ -722,8 +716,8 @@ def _logs(settings: Settings) -> None:
 # ---------------------------------------------------------------- the page
 
 
-def _management(settings: Settings) -> ManagementClient:
-    return ManagementClient(settings, KeyStore(settings))
+def _registry(settings: Settings) -> ServingRegistry:
+    return ServingRegistry.for_settings(settings)
 
 
 def main() -> None:
@@ -737,7 +731,8 @@ def main() -> None:
     server = process.status(settings)
     models: list[ModelStatus] | None = []
     if server.running:
-        models = _attempt(lambda: monitor.registered_models(_management(settings)), report_to=st)
+        management = _registry(settings).management
+        models = _attempt(lambda: monitor.registered_models(management), report_to=st)
     st.session_state[SEEN] = (server.running, tuple(m.name for m in models or []))
     _server(settings, server)
 

@@ -47,7 +47,6 @@ if __package__ in (None, ""):  # run as a script: make the checkout importable
 from benchmarks import inprocess, report
 from benchmarks.report import INPROC_BATCH, INPROC_SINGLE
 from tschat.api.keys import KeyStore
-from tschat.api.management import ManagementClient
 from tschat.bench.experiments import (
     LoadPlan,
     Row,
@@ -59,6 +58,7 @@ from tschat.bench.experiments import (
 from tschat.bench.experiments import measure_config as measure_config_cells
 from tschat.bench.loadgen import format_summary, make_prompt
 from tschat.ops import process, store
+from tschat.ops.serving import ServingRegistry
 from tschat.settings import Settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -134,15 +134,15 @@ def measure_config(
 ) -> list[Row]:
     """Package and register one configuration, load it at each cell, unregister it."""
     package_config(model, config, settings.model_store, config.key)
-    management = ManagementClient(settings, keys)
-    pids = register_config(management, config, f"{config.key}.mar", config.key)
+    registry = ServingRegistry.for_settings(settings, keys)
+    pids = register_config(registry, config, f"{config.key}.mar", config.key)
     try:
         return measure_config_cells(
             settings, keys, config, config.key, pids, plan.load, on_row=say_row
         )
     finally:
         with contextlib.suppress(Exception):
-            management.unregister_model(config.key)
+            registry.unregister(config.key)
 
 
 def say_row(row: Row) -> None:

@@ -25,9 +25,8 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tschat.api.keys import KeyStore  # noqa: E402
-from tschat.api.management import ManagementClient  # noqa: E402
 from tschat.ops import process, store  # noqa: E402
+from tschat.ops.serving import ServingRegistry  # noqa: E402
 from tschat.run import streamlit_argv  # noqa: E402
 from tschat.settings import Settings  # noqa: E402
 
@@ -63,9 +62,9 @@ def ensure_archive(model_store: Path, name: str) -> None:
 def start_torchserve(settings: Settings) -> None:
     print("Starting TorchServe and loading the model...", flush=True)
     process.start(settings)
-    management = ManagementClient(settings, KeyStore(settings))
-    management.register_model(f"{settings.model_name}.mar", initial_workers=1, synchronous=True)
-    management.wait_until_ready(settings.model_name, timeout=settings.startup_timeout_s)
+    registry = ServingRegistry.for_settings(settings)
+    registry.register(f"{settings.model_name}.mar", initial_workers=1)
+    registry.wait_until_ready(settings.model_name, timeout=settings.startup_timeout_s)
 
 
 def start_chat(settings: Settings, port: int, log: Path) -> subprocess.Popen[bytes]:

@@ -20,6 +20,7 @@ from tschat.api.inference import InferenceClient
 from tschat.api.keys import KeyStore
 from tschat.api.management import ManagementClient
 from tschat.ops import process
+from tschat.ops.serving import ServingRegistry
 from tschat.settings import REPO_ROOT, Settings
 
 MODEL_NAME = "smollm2"
@@ -180,6 +181,7 @@ class TorchServeServer:
     management: ManagementClient
     inference: InferenceClient
     model: str
+    registry: ServingRegistry
 
 
 def package_default_model(store: Path) -> Path:
@@ -209,19 +211,14 @@ def torchserve_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Torc
         keys = KeyStore(settings)
         management = ManagementClient(settings, keys)
         inference = InferenceClient.from_settings(settings, keys)
-        management.register_model(
-            f"{MODEL_NAME}.mar",
-            batch_size=4,
-            max_batch_delay=50,
-            initial_workers=1,
-            synchronous=True,
-        )
-        management.wait_until_ready(MODEL_NAME, timeout=180)
+        registry = ServingRegistry(management, settings.model_store)
+        registry.register(f"{MODEL_NAME}.mar", batch_size=4, max_batch_delay=50, initial_workers=1)
+        registry.wait_until_ready(MODEL_NAME, timeout=180)
     except BaseException:
         process.stop(settings)
         raise
     pids = server_pids(settings)
-    yield TorchServeServer(settings, keys, management, inference, MODEL_NAME)
+    yield TorchServeServer(settings, keys, management, inference, MODEL_NAME, registry)
     pids = server_pids(settings) + pids
     process.stop(settings)
     assert_stopped(settings, pids)

@@ -16,10 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from tschat.api.keys import KeyStore
-from tschat.api.management import ManagementClient
-from tschat.errors import ModelNotFound, TsChatError
+from tschat.errors import TsChatError
 from tschat.ops import process
+from tschat.ops.serving import ServingRegistry
 from tschat.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,16 +28,15 @@ APPS = (
 )
 
 
-def ensure_model(settings: Settings, management: ManagementClient) -> None:
+def ensure_model(settings: Settings, registry: ServingRegistry) -> None:
     """Register the settings' model from the model store unless it is registered already."""
     name = settings.model_name
-    try:
-        management.describe_model(name)
+    if registry.is_registered(name):
         print(f"Model {name} is already registered.")
-    except ModelNotFound:
+    else:
         print(f"Registering {name}.mar (loading the model in its worker)...", flush=True)
-        management.register_model(f"{name}.mar", initial_workers=1, synchronous=True)
-    status = management.wait_until_ready(name, timeout=settings.startup_timeout_s)
+        registry.register(f"{name}.mar", initial_workers=1)
+    status = registry.wait_until_ready(name, timeout=settings.startup_timeout_s)
     print(
         f"Model {name} is ready: batch size {status.batch_size}, {status.ready_workers} worker(s)."
     )
@@ -74,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         process.start(settings)
-        ensure_model(settings, ManagementClient(settings, KeyStore(settings)))
+        ensure_model(settings, ServingRegistry.for_settings(settings))
     except TsChatError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -21,10 +21,10 @@ from streamlit.runtime.memory_media_file_storage import MemoryFile, MemoryMediaF
 from streamlit.testing.v1 import AppTest
 
 from tschat.api.inference import InferenceClient
-from tschat.api.keys import Keys, KeyStore
-from tschat.api.management import ManagementClient
+from tschat.api.keys import Keys
 from tschat.chat.conversation import Conversation
 from tschat.ops import process
+from tschat.ops.serving import ServingRegistry
 from tschat.settings import REPO_ROOT, Settings
 
 if TYPE_CHECKING:
@@ -403,9 +403,9 @@ def own_server(
 
 def _serve(settings: Settings) -> None:
     process.start(settings)
-    management = ManagementClient(settings, KeyStore(settings))
-    management.register_model("smollm2.mar", batch_size=1, initial_workers=1, synchronous=True)
-    management.wait_until_ready("smollm2", timeout=180)
+    registry = ServingRegistry.for_settings(settings)
+    registry.register("smollm2.mar", batch_size=1, initial_workers=1)
+    registry.wait_until_ready("smollm2", timeout=180)
 
 
 def test_chat_survives_torchserve_stopping_mid_answer(

@@ -22,6 +22,7 @@ from tschat.api.keys import KeyStore
 from tschat.api.management import ManagementClient
 from tschat.errors import ModelNotFound
 from tschat.ops import process, store
+from tschat.ops.serving import ServingRegistry
 from tschat.settings import REPO_ROOT, Settings
 
 if TYPE_CHECKING:
@@ -114,7 +115,7 @@ def _registered(management: ManagementClient, **options: int) -> None:
         management.register_model(ARCHIVE, initial_workers=1, synchronous=True, **with_options)
     if (status.min_workers, status.max_workers) != (1, 1):
         management.scale_workers(MODEL, 1, 1, synchronous=True)
-    management.wait_until_ready(MODEL, timeout=SLOW_S)
+    ServingRegistry(management).wait_until_ready(MODEL, timeout=SLOW_S)
 
 
 def _unregistered(management: ManagementClient) -> None:

@@ -20,6 +20,7 @@ from tschat.api.keys import KeyStore
 from tschat.api.management import ManagementClient
 from tschat.errors import QueueFull, ServerError
 from tschat.ops import process
+from tschat.ops.serving import ServingRegistry
 from tschat.settings import REPO_ROOT
 
 pytestmark = pytest.mark.integration
@@ -44,7 +45,7 @@ def test_killed_worker_gives_a_clear_error_then_recovers(
     assert len(received) >= 6
     assert str(error.value), "the error carries a message for the user"
 
-    status = server.management.wait_until_ready(server.model, timeout=120)
+    status = server.registry.wait_until_ready(server.model, timeout=120)
     (new_pid,) = [w.pid for w in status.workers]
     assert new_pid != old_pid, "TorchServe started a new worker"
     answer = server.inference.chat(server.model, ASK, max_tokens=8)
@@ -76,8 +77,9 @@ def small_queue_server(
     try:
         keys = KeyStore(settings)
         management = ManagementClient(settings, keys)
-        management.register_model("smollm2.mar", batch_size=1, initial_workers=1)
-        management.wait_until_ready("smollm2", timeout=120)
+        registry = ServingRegistry(management, settings.model_store)
+        registry.register("smollm2.mar", batch_size=1, initial_workers=1)
+        registry.wait_until_ready("smollm2", timeout=120)
         yield settings, management, InferenceClient.from_settings(settings, keys)
     finally:
         process.stop(settings)

@@ -46,9 +46,9 @@ def batch8(request: pytest.FixtureRequest, torchserve_server: Any) -> Iterator[t
     ]
     argv += ["--name", name, f"--{request.param}-batching", "--force"]
     subprocess.run(argv, check=True, capture_output=True, timeout=300)
-    server.management.register_model(f"{name}.mar", batch_size=8, max_batch_delay=50)
+    server.registry.register(f"{name}.mar", batch_size=8, max_batch_delay=50)
     try:
-        server.management.wait_until_ready(name, timeout=120)
+        server.registry.wait_until_ready(name, timeout=120)
         yield server, name
     finally:
         server.management.unregister_model(name)

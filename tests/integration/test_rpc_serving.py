@@ -39,9 +39,9 @@ def rpc_model(torchserve_server: Any, helpers: Any) -> Iterator[Any]:
         ]
         argv += ["--name", NAME, "--rpc-servers", servers, "--force"]
         subprocess.run(argv, check=True, capture_output=True, timeout=300)
-        server.management.register_model(f"{NAME}.mar", batch_size=4, max_batch_delay=50)
+        server.registry.register(f"{NAME}.mar", batch_size=4, max_batch_delay=50)
         try:
-            server.management.wait_until_ready(NAME, timeout=120)
+            server.registry.wait_until_ready(NAME, timeout=120)
             yield server
         finally:
             server.management.unregister_model(NAME)

@@ -1,4 +1,5 @@
-"""ManagementClient against a local HTTP server that plays TorchServe's management API."""
+"""ManagementClient and the serving registry on top of it, against a local HTTP server that
+plays TorchServe's management API."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from tschat.errors import (
     ServerError,
     ServerNotRunning,
 )
+from tschat.ops.serving import ServingRegistry
 from tschat.settings import Settings
 
 if TYPE_CHECKING:
@@ -190,6 +192,10 @@ def client_for(fake: LocalServer, settings: Settings, key: str = "mkey") -> Mana
     return ManagementClient(settings, KeyStore.explicit(management=key), base_url=fake.url)
 
 
+def registry_for(fake: LocalServer, settings: Settings) -> ServingRegistry:
+    return ServingRegistry(client_for(fake, settings), settings.model_store)
+
+
 def test_register_sends_a_bare_archive_name_and_batch_settings(
     fake: LocalServer, settings: Settings
 ) -> None:
@@ -227,7 +233,7 @@ def test_archives_outside_the_store_are_refused_before_any_request(
     fake: LocalServer, settings: Settings, archive: str
 ) -> None:
     with pytest.raises(ArchiveInvalid) as caught:
-        client_for(fake, settings).register_model(archive)
+        registry_for(fake, settings).register(archive)
     assert "package_model.sh" in str(caught.value)
     assert FakeManagement.calls == []
 
@@ -323,9 +329,10 @@ def test_no_server(settings: Settings, helpers: Helpers) -> None:
 
 
 def test_retune_registers_new_batch_settings(fake: LocalServer, settings: Settings) -> None:
-    client = client_for(fake, settings)
+    registry = registry_for(fake, settings)
+    client = registry.management
     client.register_model("smollm2.mar", batch_size=4, max_batch_delay=50)
-    status = client.retune("smollm2", batch_size=2, max_batch_delay=10)
+    status = registry.retune("smollm2", batch_size=2, max_batch_delay=10)
     assert (status.batch_size, status.max_batch_delay, status.url) == (2, 10, "smollm2.mar")
     register = [call for call in FakeManagement.calls if call[0] == "POST"][-1][2]
     assert register["model_name"] == "smollm2" and register["response_timeout"] == "300"
@@ -334,35 +341,38 @@ def test_retune_registers_new_batch_settings(fake: LocalServer, settings: Settin
 def test_retune_puts_the_old_settings_back_when_the_new_ones_fail(
     fake: LocalServer, settings: Settings
 ) -> None:
-    client = client_for(fake, settings)
+    registry = registry_for(fake, settings)
+    client = registry.management
     client.register_model("smollm2.mar", batch_size=4, max_batch_delay=50)
     FakeManagement.refuse = {"8"}
     with pytest.raises(ServerError, match="Failed to start workers"):
-        client.retune("smollm2", batch_size=8, max_batch_delay=20)
+        registry.retune("smollm2", batch_size=8, max_batch_delay=20)
     restored = client.describe_model("smollm2")
     assert (restored.batch_size, restored.max_batch_delay) == (4, 50)
 
 
 def test_retune_reports_when_even_the_restore_fails(fake: LocalServer, settings: Settings) -> None:
-    client = client_for(fake, settings)
+    registry = registry_for(fake, settings)
+    client = registry.management
     client.register_model("smollm2.mar", batch_size=4, max_batch_delay=50)
     FakeManagement.refuse = {"8", "4"}
     with pytest.raises(ServerError, match="Register it again"):
-        client.retune("smollm2", batch_size=8, max_batch_delay=20)
+        registry.retune("smollm2", batch_size=8, max_batch_delay=20)
 
 
 def test_retune_of_an_unregistered_model_just_registers(
     fake: LocalServer, settings: Settings
 ) -> None:
-    status = client_for(fake, settings).retune("other", batch_size=3, max_batch_delay=5)
+    status = registry_for(fake, settings).retune("other", batch_size=3, max_batch_delay=5)
     assert (status.name, status.url, status.batch_size) == ("other", "other.mar", 3)
 
 
 def test_wait_until_ready(fake: LocalServer, settings: Settings) -> None:
-    client = client_for(fake, settings)
+    registry = registry_for(fake, settings)
+    client = registry.management
     client.register_model("smollm2.mar")
-    assert client.wait_until_ready("smollm2", timeout=1).ready_workers == 1
+    assert registry.wait_until_ready("smollm2", timeout=1).ready_workers == 1
     FakeManagement.worker_status = "UNLOADING"
     client.register_model("other.mar")
     with pytest.raises(ModelNotReady, match="UNLOADING"):
-        client.wait_until_ready("other", timeout=0.2, poll_s=0.05)
+        registry.wait_until_ready("other", timeout=0.2, poll_s=0.05)

@@ -17,6 +17,7 @@ import tschat.ops.store
 from tschat.errors import BadRequest, PackagingFailed
 from tschat.ops import store
 from tschat.ops.gguf import read_gguf_info, read_gguf_stream
+from tschat.ops.serving import ServingRegistry
 
 
 def tiny_gguf(context_length: int = 4096, file_type: int = 15) -> bytes:
@@ -168,10 +169,8 @@ def test_staged_upload_is_removed_afterwards(tmp_path: Path) -> None:
 
 def test_register_archive_checks_worker_range_before_calling_the_server() -> None:
     with pytest.raises(BadRequest, match="Min workers"):
-        store.register_archive(
-            None,  # type: ignore[arg-type]  # never reached
+        ServingRegistry(None, Path("model_store")).register(  # type: ignore[arg-type]
             "smollm2.mar",
-            model_store=Path("model_store"),
             model_name="smollm2",
             batch_size=1,
             max_batch_delay=1,
@@ -191,10 +190,8 @@ def test_continuous_archives_are_known_and_kept_to_one_worker(tmp_path: Path) ->
     assert not store.is_continuous(tmp_path, "missing.mar")
     assert not store.is_continuous(tmp_path, "../cont.mar")  # only the store's own archives
     with pytest.raises(BadRequest, match="continuous batching"):
-        store.register_archive(
-            None,  # type: ignore[arg-type]  # never reached
+        ServingRegistry(None, tmp_path).register(  # type: ignore[arg-type]  # never reached
             "cont.mar",
-            model_store=tmp_path,
             model_name="cont",
             batch_size=8,
             max_batch_delay=10,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,9 +16,7 @@ from tschat.errors import (
     ArchiveInvalid,
     BadRequest,
     ModelNotFound,
-    ModelNotReady,
     ServerError,
-    TsChatError,
 )
 from tschat.settings import Settings
 
@@ -27,6 +24,23 @@ from tschat.settings import Settings
 # path is refused here before it reaches the server (see process.write_config for allowed_urls).
 ARCHIVE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\.mar")
 QUICK_TIMEOUT_S = 30.0
+
+
+def check_archive_name(archive: str) -> str:
+    """Return ``archive`` if it is a bare .mar file name (never a URL or a path).
+
+    >>> check_archive_name("smollm2.mar")
+    'smollm2.mar'
+    >>> check_archive_name("file:///etc/x.mar")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    tschat.errors.ArchiveInvalid: Cannot use model archive 'file:///etc/x.mar': give the file...
+    """
+    if not ARCHIVE_NAME.fullmatch(archive):
+        raise ArchiveInvalid(
+            archive, "give the file name of a .mar archive in the model store (no URL, no folder)."
+        )
+    return archive
 
 
 @dataclass(frozen=True)
@@ -182,19 +196,6 @@ class ManagementClient:
             raise ServerError(f"TorchServe's description of model {name!r} was empty.")
         return ModelStatus.from_json(data[0])
 
-    def check_archive(self, archive: str) -> str:
-        """Return ``archive`` if it names a .mar file in the model store; else ArchiveInvalid."""
-        if not ARCHIVE_NAME.fullmatch(archive):
-            raise ArchiveInvalid(
-                archive,
-                "give the file name of a .mar archive in the model store (no URL, no folder).",
-            )
-        store = self.settings.model_store
-        # The store can only be checked when it is on this machine (not for a remote server).
-        if store.is_dir() and not (store / archive).is_file():
-            raise ArchiveInvalid(archive, f"there is no such file in {store}.")
-        return archive
-
     def register_model(
         self,
         archive: str,
@@ -207,12 +208,12 @@ class ManagementClient:
         startup_timeout: int | None = None,
         synchronous: bool = True,
     ) -> str:
-        """Register a .mar archive from the model store; returns TorchServe's status text.
+        """Register a .mar archive of the store by file name; returns TorchServe's status text.
 
         The archive's model-config.yaml takes precedence over ``initial_workers`` when it sets
         minWorkers/maxWorkers (TorchServe's rule); an explicit ``batch_size`` wins over it.
         """
-        self.check_archive(archive)
+        check_archive_name(archive)
         params: dict[str, str | int] = {
             "url": archive,
             "initial_workers": initial_workers,
@@ -256,84 +257,6 @@ class ManagementClient:
         return _status_text(
             self._request("PUT", path, params=params, model=name, timeout=self._long_timeout())
         )
-
-    def retune(
-        self,
-        name: str,
-        archive: str | None = None,
-        *,
-        batch_size: int,
-        max_batch_delay: int,
-        initial_workers: int | None = None,
-        response_timeout: int | None = None,
-    ) -> ModelStatus:
-        """Re-register a model with new batch settings, putting the old ones back if that fails.
-
-        TorchServe cannot change batch_size of a registered model, so this unregisters and
-        registers again. If the new registration fails, the previous settings are registered
-        again before the error is raised, so the model is never left unregistered.
-        """
-        try:
-            old: ModelStatus | None = self.describe_model(name)
-        except ModelNotFound:
-            old = None
-        archive = self.check_archive(archive or (old.url if old else f"{name}.mar"))
-        workers = (
-            initial_workers
-            if initial_workers is not None
-            else max(old.min_workers if old else 1, 1)
-        )
-        if old is not None:
-            self.unregister_model(name, old.version)
-        try:
-            self.register_model(
-                archive,
-                model_name=name,
-                batch_size=batch_size,
-                max_batch_delay=max_batch_delay,
-                initial_workers=workers,
-                response_timeout=response_timeout or (old.response_timeout if old else None),
-            )
-        except TsChatError as error:
-            if old is None:
-                raise
-            self._restore(old, error)
-            raise
-        return self.describe_model(name)
-
-    def _restore(self, old: ModelStatus, cause: TsChatError) -> None:
-        try:
-            self.unregister_model(old.name)
-        except ModelNotFound:
-            pass  # the failed registration left nothing behind (the usual case)
-        try:
-            self.register_model(
-                old.url,
-                model_name=old.name,
-                batch_size=old.batch_size,
-                max_batch_delay=old.max_batch_delay,
-                initial_workers=max(old.min_workers, 1),
-                response_timeout=old.response_timeout,
-            )
-        except TsChatError as error:
-            raise ServerError(
-                f"Changing model {old.name!r} failed ({cause}) and registering its previous "
-                f"settings failed too ({error}). Register it again from the server console."
-            ) from error
-
-    def wait_until_ready(
-        self, name: str, timeout: float = 120.0, poll_s: float = 0.5
-    ) -> ModelStatus:
-        """Poll until the model has a READY worker; ModelNotReady after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while True:
-            status = self.describe_model(name)
-            if status.ready_workers:
-                return status
-            if time.monotonic() >= deadline:
-                states = ", ".join(worker.status for worker in status.workers) or "no workers"
-                raise ModelNotReady(name, states)
-            time.sleep(poll_s)
 
     def _long_timeout(self) -> float:
         return max(self.settings.request_timeout_s, QUICK_TIMEOUT_S)

@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING
 import psutil
 
 from tschat.api.keys import KeyStore
-from tschat.api.management import ManagementClient
 from tschat.bench.loadgen import DEFAULT_INSTRUCTION, LoadSpec, RequestRecord, Summary, run_load
 from tschat.errors import BadRequest, TsChatError
 from tschat.ops import process, store
+from tschat.ops.serving import CONTINUOUS_ONE_WORKER, ServingRegistry
 from tschat.settings import Settings
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ class ServedConfig:
         if self.continuous and self.workers > 1:
             raise BadRequest(
                 f"{self.key}: continuous batching takes one worker per model "
-                f"({store.CONTINUOUS_ONE_WORKER})."
+                f"({CONTINUOUS_ONE_WORKER})."
             )
 
     @classmethod
@@ -453,17 +453,11 @@ def package_config(gguf: Path, config: ServedConfig, model_store: Path, name: st
 
 
 def register_config(
-    management: ManagementClient, config: ServedConfig, archive: str, model_name: str
+    registry: ServingRegistry, config: ServedConfig, archive: str, model_name: str
 ) -> list[int]:
     """Register ``archive`` as ``model_name`` with all its workers ready; their PIDs."""
-    management.register_model(
-        archive, model_name=model_name, initial_workers=config.workers, synchronous=True
-    )
-    status = management.wait_until_ready(model_name, timeout=180)
-    deadline = time.monotonic() + 60
-    while status.ready_workers < config.workers and time.monotonic() < deadline:
-        time.sleep(0.5)
-        status = management.describe_model(model_name)
+    registry.register(archive, model_name=model_name, initial_workers=config.workers)
+    status = registry.wait_until_ready(model_name, timeout=240, workers=config.workers)
     if status.batch_size != config.batch_size or status.ready_workers != config.workers:
         raise BadRequest(
             f"{model_name}: TorchServe reports batch size {status.batch_size} and "
@@ -626,7 +620,7 @@ class Experiment:
 
     def _run(self) -> None:
         keys = KeyStore(self.settings)
-        management = ManagementClient(self.settings, keys)
+        registry = ServingRegistry.for_settings(self.settings, keys)
         try:
             for n, config in enumerate(self.configs, 1):
                 if self._cancel.is_set():
@@ -634,7 +628,7 @@ class Experiment:
                 where = f"{n}/{len(self.configs)} {config.label}"
                 started = self._progress.done
                 try:
-                    self._measure(management, keys, config, where)
+                    self._measure(registry, keys, config, where)
                 except Exception as exc:  # noqa: BLE001 - one broken configuration spoils no other
                     with self._lock:
                         self._progress.errors.append(f"{config.label}: {exc}")
@@ -647,17 +641,17 @@ class Experiment:
                 self._progress.finished = time.time()
 
     def _measure(
-        self, management: ManagementClient, keys: KeyStore, config: ServedConfig, where: str
+        self, registry: ServingRegistry, keys: KeyStore, config: ServedConfig, where: str
     ) -> None:
         name = self.model_name(config)
         archive = self.settings.model_store / f"{name}.mar"
         self._advance(0, f"{where}: packaging {archive.name}")
         with contextlib.suppress(TsChatError):  # left registered by a run that was cut short
-            management.unregister_model(name)
+            registry.unregister(name)
         try:
             package_config(self.gguf, config, self.settings.model_store, name)
             self._advance(self._SETUP_UNITS // 2, f"{where}: starting {config.workers} worker(s)")
-            pids = register_config(management, config, archive.name, name)
+            pids = register_config(registry, config, archive.name, name)
             try:
                 self._advance(self._SETUP_UNITS - self._SETUP_UNITS // 2, f"{where}: warming up")
 
@@ -674,7 +668,7 @@ class Experiment:
                 )  # fmt: skip
             finally:
                 with contextlib.suppress(Exception):
-                    management.unregister_model(name)
+                    registry.unregister(name)
         finally:
             archive.unlink(missing_ok=True)
 

@@ -1,4 +1,4 @@
-"""The model store: list its archives, package new ones, and put them into service.
+"""The model store: list its archives and package new ones.
 
 An archive (NAME.mar, written by package_model.sh) is a zip file holding the handler, the GGUF
 weights stored uncompressed, ``model-config.yaml`` and ``MAR-INF/MANIFEST.json``. Listing reads
@@ -28,7 +28,6 @@ from typing import IO, Any, BinaryIO, cast
 
 import yaml
 
-from tschat.api.management import ManagementClient, ModelStatus
 from tschat.errors import BadRequest, PackagingFailed
 from tschat.ops.gguf import NotGGUFError, format_size, read_gguf_info, read_gguf_stream
 from tschat.settings import REPO_ROOT
@@ -39,12 +38,6 @@ DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MANIFEST = "MAR-INF/MANIFEST.json"
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 # Targets package_model.sh --quantize offers most often; llama.cpp knows more (tschat.ops.quantize).
-# TorchServe 0.12's continuous batching stalls once a model has a second worker: an idle
-# worker's poll holds the model's job queue, so requests wait behind it.
-CONTINUOUS_ONE_WORKER = (
-    "TorchServe 0.12 stalls a continuous-batching model that has more than one worker; "
-    "register a dynamic-batching archive (package_model.sh --dynamic-batching) to use several"
-)
 QUANTIZATIONS = ("Q4_0", "Q4_1", "Q4_K_S", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0")
 
 
@@ -374,65 +367,6 @@ def staged_upload(filename: str, data: IO[bytes], folder: Path) -> Iterator[Path
         shutil.rmtree(staging, ignore_errors=True)
 
 
-# ---------------------------------------------------------------- serving archives
-
-
-def register_archive(
-    management: ManagementClient,
-    archive: str,
-    *,
-    model_store: Path,
-    model_name: str,
-    batch_size: int,
-    max_batch_delay: int,
-    initial_workers: int,
-    min_workers: int,
-    max_workers: int,
-    response_timeout: int,
-) -> ModelStatus:
-    """Register an archive and give it ``min_workers``..``max_workers`` workers.
-
-    TorchServe starts ``initial_workers`` unless the archive's config sets minWorkers and
-    maxWorkers, which then win; the wanted range is applied right after registering.
-    """
-    check_model_name(model_name)
-    if not 1 <= min_workers <= max_workers:
-        raise BadRequest(
-            f"Min workers ({min_workers}) must be at least 1 and at most max workers "
-            f"({max_workers})."
-        )
-    if max(initial_workers, max_workers) > 1 and is_continuous(model_store, archive):
-        raise BadRequest(f"{archive} uses continuous batching: {CONTINUOUS_ONE_WORKER}.")
-    management.register_model(
-        archive,
-        model_name=model_name,
-        batch_size=batch_size,
-        max_batch_delay=max_batch_delay,
-        initial_workers=initial_workers,
-        response_timeout=response_timeout,
-        synchronous=True,
-    )
-    return _keep_workers(management, model_name, min_workers, max_workers)
-
-
-def scale_model(
-    management: ManagementClient,
-    name: str,
-    *,
-    model_store: Path,
-    min_workers: int,
-    max_workers: int,
-) -> ModelStatus:
-    """Change a model's worker range live; more than one worker is refused for continuous
-    batching, which stalls with several in TorchServe 0.12."""
-    if max_workers > 1:
-        url = management.describe_model(name).url
-        if is_continuous(model_store, url):
-            raise BadRequest(f"{name} uses continuous batching: {CONTINUOUS_ONE_WORKER}.")
-    management.scale_workers(name, min_workers, max_workers, synchronous=True)
-    return management.describe_model(name)
-
-
 def is_continuous(model_store: Path, archive: str) -> bool:
     """Whether the store's archive ``archive`` (as registered, e.g. ``NAME.mar``) asks for
     continuous batching; False for an archive that is not in the store or cannot be read."""
@@ -440,33 +374,3 @@ def is_continuous(model_store: Path, archive: str) -> bool:
     if path.parent != model_store or not path.is_file():
         return False
     return read_archive(path).continuous
-
-
-def retune_model(
-    management: ManagementClient, name: str, *, batch_size: int, max_batch_delay: int
-) -> ModelStatus:
-    """Change batch size and max batch delay, keeping the model's worker range.
-
-    TorchServe only takes new batch settings by registering again (the archive's worker counts
-    then apply); :meth:`ManagementClient.retune` puts the old registration back if the new
-    one fails, and the old worker range is restored afterwards.
-    """
-    old = management.describe_model(name)
-    management.retune(
-        name,
-        old.url,
-        batch_size=batch_size,
-        max_batch_delay=max_batch_delay,
-        initial_workers=max(old.min_workers, 1),
-    )
-    return _keep_workers(management, name, max(old.min_workers, 1), max(old.max_workers, 1))
-
-
-def _keep_workers(
-    management: ManagementClient, name: str, min_workers: int, max_workers: int
-) -> ModelStatus:
-    status = management.describe_model(name)
-    if (status.min_workers, status.max_workers) != (min_workers, max_workers):
-        management.scale_workers(name, min_workers, max_workers, synchronous=True)
-        status = management.describe_model(name)
-    return status
