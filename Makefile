@@ -78,8 +78,8 @@ $(STAMP_DEV): requirements-dev.txt $(STAMP_REQUIREMENTS)
 
 model: $(ARCHIVE)
 
-# Re-packaged when the handler, the config template or the script change.
-$(ARCHIVE): $(HANDLER_FILES) model-config.yaml package_model.sh | $(STAMP_REQUIREMENTS)
+# Re-packaged when the handler, the config template or the packaging code change.
+$(ARCHIVE): $(HANDLER_FILES) model-config.yaml package_model.sh tschat/ops/packaging.py | $(STAMP_REQUIREMENTS)
 	bash package_model.sh --python $(PY) --output-dir $(MODEL_STORE) --name $(MODEL_NAME) --force
 
 test: setup model $(STAMP_DEV)

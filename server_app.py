@@ -24,7 +24,8 @@ from tschat.api.management import ModelStatus
 from tschat.api.metrics import fetch_metrics
 from tschat.bench import experiments
 from tschat.errors import StartupFailed, TsChatError
-from tschat.ops import monitor, process, store
+from tschat.ops import monitor, packaging, process, store
+from tschat.ops.quantize import QUANTIZATIONS
 from tschat.ops.serving import ServingRegistry
 from tschat.settings import Settings
 
@@ -482,7 +483,7 @@ def _model_store(settings: Settings) -> None:
         placeholder=store.model_name_for(Path(stem)),
         help="Left empty: made from the file name.",
     )
-    quantize.selectbox("Quantization", [NO_QUANTIZATION, *store.QUANTIZATIONS], key=PKG_QUANTIZE)
+    quantize.selectbox("Quantization", [NO_QUANTIZATION, *QUANTIZATIONS], key=PKG_QUANTIZE)
     force.checkbox("Replace an existing archive", key=PKG_FORCE)
     if not st.button("Package", key="package", type="primary"):
         return
@@ -508,14 +509,14 @@ def _model_store(settings: Settings) -> None:
 
 
 def _package(gguf: Path, options: dict[str, Any]) -> str:
-    """Run package_model.sh, showing its steps and output while it runs."""
-    progress = st.progress(0.0, text="Starting package_model.sh...")
+    """Package a model, showing its steps and output while it runs."""
+    progress = st.progress(0.0, text="Starting...")
     with st.status(f"Packaging {options['name']}...", expanded=True) as status:
         output = st.empty()
         lines: list[str] = []
         try:
-            for event in store.package_model(gguf, **options):
-                lines.append(event.line)
+            for event in packaging.package_model(gguf, **options):
+                lines.append(event.text)
                 output.code("\n".join(lines[-15:]), language=None)
                 progress.progress(event.fraction, text=event.step)
         except TsChatError:

