@@ -2,7 +2,9 @@
 
 `read_gguf_info` checks that a file is a complete GGUF model and summarises what matters for
 serving it: architecture, quantization, context length, chat template.  It reads the header
-only (a few MiB at most), needs neither llama.cpp nor numpy, and is quick for any model size.
+only (a few MiB at most), without llama.cpp, and is quick for any model size; it reads from any
+seekable stream, such as a member of a model archive.  The type tables come from the ``gguf``
+package (llama.cpp's gguf-py), so the reader knows every type that package knows.
 
 GGUF layout (little-endian; a big-endian file is recognised by its version field)::
 
@@ -32,99 +34,46 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import BinaryIO
 
+import gguf
+
 MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (1, 2, 3)
 DEFAULT_ALIGNMENT = 32
 
-# llama_ftype (general.file_type) -> name, as llama.cpp's llama-quantize spells the types.
+# llama_ftype (general.file_type) -> name, as llama.cpp's llama-quantize spells the types;
+# from the gguf package (gguf-py, llama.cpp's own Python library), which knows the newest types.
 FILE_TYPES: dict[int, str] = {
-    0: "F32",
-    1: "F16",
-    2: "Q4_0",
-    3: "Q4_1",
-    7: "Q8_0",
-    8: "Q5_0",
-    9: "Q5_1",
-    10: "Q2_K",
-    11: "Q3_K_S",
-    12: "Q3_K_M",
-    13: "Q3_K_L",
-    14: "Q4_K_S",
-    15: "Q4_K_M",
-    16: "Q5_K_S",
-    17: "Q5_K_M",
-    18: "Q6_K",
-    19: "IQ2_XXS",
-    20: "IQ2_XS",
-    21: "Q2_K_S",
-    22: "IQ3_XS",
-    23: "IQ3_XXS",
-    24: "IQ1_S",
-    25: "IQ4_NL",
-    26: "IQ3_S",
-    27: "IQ3_M",
-    28: "IQ2_S",
-    29: "IQ2_M",
-    30: "IQ4_XS",
-    31: "IQ1_M",
-    32: "BF16",
-    36: "TQ1_0",
-    37: "TQ2_0",
-    38: "MXFP4_MOE",
+    ftype.value: ftype.name.removeprefix("MOSTLY_").removeprefix("ALL_")
+    for ftype in gguf.LlamaFileType
+    if ftype is not gguf.LlamaFileType.GUESSED
 }
-_FILE_TYPE_GUESSED = 1024  # llama.cpp ORs this in when it guessed the type
+_FILE_TYPE_GUESSED = gguf.LlamaFileType.GUESSED.value  # ORed in when llama.cpp guessed the type
 
 # ggml_type -> (name, elements per block, bytes per block); used to check the data is all there.
 GGML_TYPES: dict[int, tuple[str, int, int]] = {
-    0: ("F32", 1, 4),
-    1: ("F16", 1, 2),
-    2: ("Q4_0", 32, 18),
-    3: ("Q4_1", 32, 20),
-    6: ("Q5_0", 32, 22),
-    7: ("Q5_1", 32, 24),
-    8: ("Q8_0", 32, 34),
-    9: ("Q8_1", 32, 36),
-    10: ("Q2_K", 256, 84),
-    11: ("Q3_K", 256, 110),
-    12: ("Q4_K", 256, 144),
-    13: ("Q5_K", 256, 176),
-    14: ("Q6_K", 256, 210),
-    15: ("Q8_K", 256, 292),
-    16: ("IQ2_XXS", 256, 66),
-    17: ("IQ2_XS", 256, 74),
-    18: ("IQ3_XXS", 256, 98),
-    19: ("IQ1_S", 256, 50),
-    20: ("IQ4_NL", 32, 18),
-    21: ("IQ3_S", 256, 110),
-    22: ("IQ2_S", 256, 82),
-    23: ("IQ4_XS", 256, 136),
-    24: ("I8", 1, 1),
-    25: ("I16", 1, 2),
-    26: ("I32", 1, 4),
-    27: ("I64", 1, 8),
-    28: ("F64", 1, 8),
-    29: ("IQ1_M", 256, 56),
-    30: ("BF16", 1, 2),
-    34: ("TQ1_0", 256, 54),
-    35: ("TQ2_0", 256, 66),
-    39: ("MXFP4", 32, 17),
+    qtype.value: (qtype.name, *gguf.GGML_QUANT_SIZES[qtype])
+    for qtype in gguf.GGMLQuantizationType
+    if qtype in gguf.GGML_QUANT_SIZES
 }
 
-# GGUF value types.
-_STRING = 8
-_ARRAY = 9
+# GGUF value types, and the struct format of each scalar one.
+_STRING = gguf.GGUFValueType.STRING.value
+_ARRAY = gguf.GGUFValueType.ARRAY.value
 _SCALAR_FORMATS: dict[int, str] = {
-    0: "B",
-    1: "b",
-    2: "H",
-    3: "h",
-    4: "I",
-    5: "i",
-    6: "f",
-    7: "?",
-    10: "Q",
-    11: "q",
-    12: "d",
+    vtype.value: fmt
+    for vtype, fmt in (
+        (gguf.GGUFValueType.UINT8, "B"),
+        (gguf.GGUFValueType.INT8, "b"),
+        (gguf.GGUFValueType.UINT16, "H"),
+        (gguf.GGUFValueType.INT16, "h"),
+        (gguf.GGUFValueType.UINT32, "I"),
+        (gguf.GGUFValueType.INT32, "i"),
+        (gguf.GGUFValueType.FLOAT32, "f"),
+        (gguf.GGUFValueType.BOOL, "?"),
+        (gguf.GGUFValueType.UINT64, "Q"),
+        (gguf.GGUFValueType.INT64, "q"),
+        (gguf.GGUFValueType.FLOAT64, "d"),
+    )
 }
 _CHUNK = 1 << 20
 _MAX_DIMS = 8  # ggml uses 4; anything far above is a corrupt header
