@@ -18,24 +18,15 @@ from typing import Any
 
 import streamlit as st
 
+from apps.chat_status import status_message
 from tschat.api.inference import InferenceClient
 from tschat.api.keys import KeyStore
 from tschat.api.management import ManagementClient
-from tschat.chat.conversation import (
-    KNOBS,
-    SEED_MAX,
-    Conversation,
-    ConversationBook,
-    Message,
-    PendingAnswer,
-    SamplingSettings,
-    ServerCheck,
-    check_server,
-    from_json,
-    parse_stop_sequences,
-    to_json,
-    to_markdown,
-)
+from tschat.chat.answer import PendingAnswer
+from tschat.chat.conversation import Conversation, ConversationBook, Message
+from tschat.chat.export import from_json, to_json, to_markdown
+from tschat.chat.sampling import KNOBS, SEED_MAX, SamplingSettings, parse_stop_sequences
+from tschat.chat.status import ServerCheck, check_server
 from tschat.errors import TsChatError
 from tschat.settings import Settings
 
@@ -283,7 +274,7 @@ def valid_remote_url() -> str | None:
 def draw_status(check: ServerCheck) -> None:
     text, button = st.columns([6, 1], vertical_alignment="center")
     draw = {"ok": text.success, "warning": text.warning, "error": text.error}[check.level]
-    draw(check.message, icon={"ok": "✅", "warning": "⏳", "error": "🛑"}[check.level])
+    draw(status_message(check), icon={"ok": "✅", "warning": "⏳", "error": "🛑"}[check.level])
     button.button("Check", help="Ask TorchServe again", key="w_check")
 
 

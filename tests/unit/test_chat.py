@@ -13,25 +13,25 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import tschat.chat.answer
 import tschat.chat.conversation
+import tschat.chat.export
+import tschat.chat.sampling
+import tschat.chat.status
+from apps.chat_status import status_message
 from tschat.api.inference import Timings, Usage
 from tschat.api.management import ModelEntry, ModelStatus, WorkerStatus
-from tschat.chat.conversation import (
-    KNOBS,
+from tschat.chat.answer import PendingAnswer
+from tschat.chat.conversation import AnswerStats, Conversation, ConversationBook, Message
+from tschat.chat.export import (
     MAX_IMPORT_BYTES,
-    AnswerStats,
-    Conversation,
-    ConversationBook,
     ConversationFileError,
-    Message,
-    PendingAnswer,
-    SamplingSettings,
-    check_server,
     from_json,
-    parse_stop_sequences,
     to_json,
     to_markdown,
 )
+from tschat.chat.sampling import KNOBS, SamplingSettings, parse_stop_sequences
+from tschat.chat.status import check_server
 from tschat.errors import (
     AuthError,
     KeyFileMissing,
@@ -43,7 +43,9 @@ from tschat.errors import (
 
 
 def test_doctests() -> None:
-    assert doctest.testmod(tschat.chat.conversation).failed == 0
+    chat = tschat.chat
+    for module in (chat.sampling, chat.conversation, chat.answer, chat.export, chat.status):
+        assert doctest.testmod(module).failed == 0
 
 
 # ---------------------------------------------------------------- sampling settings
@@ -501,20 +503,20 @@ class FakeManagement:
 def test_status_when_torchserve_is_down() -> None:
     check = check_server(FakeInference(ServerNotRunning("http://127.0.0.1:1")), None, "m")
     assert check.level == "error" and not check.reachable and not check.can_chat
-    assert "not reachable at http://127.0.0.1:1" in check.message
-    assert "make run" in check.message
+    assert "not reachable at http://127.0.0.1:1" in status_message(check)
+    assert "make run" in status_message(check)
 
 
 def test_status_when_there_is_no_key_file() -> None:
     check = check_server(FakeInference(KeyFileMissing("/x/key_file.json")), None, "m")
     assert check.level == "error" and not check.reachable
-    assert "No key file at /x/key_file.json" in check.message
+    assert "No key file at /x/key_file.json" in status_message(check)
 
 
 def test_status_when_the_key_is_refused() -> None:
     check = check_server(FakeInference(AuthError()), FakeManagement(), "m")
     assert check.level == "error" and check.reachable
-    assert "refused the API key" in check.message
+    assert "refused the API key" in status_message(check)
 
 
 def test_status_of_a_ready_model_lists_every_model_with_its_state() -> None:
@@ -534,18 +536,20 @@ def test_status_of_a_loading_model_says_to_wait() -> None:
     management = FakeManagement(model_status("smollm2", "LOADING", "LOADING"))
     check = check_server(FakeInference(), management, "smollm2")
     assert check.level == "warning"
-    assert "is loading" in check.message and "Wait" in check.message
+    assert "is loading" in status_message(check) and "Wait" in status_message(check)
 
 
 def test_status_of_a_model_without_worker_says_to_scale() -> None:
     check = check_server(FakeInference(), FakeManagement(model_status("smollm2")), "smollm2")
-    assert check.level == "warning" and "Scale it" in check.message
+    assert check.level == "warning" and "Scale it" in status_message(check)
 
 
 def test_status_of_a_missing_model_names_the_registered_ones() -> None:
     check = check_server(FakeInference(), FakeManagement(model_status("a", "READY")), "smollm2")
     assert check.level == "error" and check.reachable
-    assert "'smollm2' is not registered" in check.message and "registered: a" in check.message
+    assert "'smollm2' is not registered" in status_message(
+        check
+    ) and "registered: a" in status_message(check)
     assert [c.name for c in check.models] == ["a", "smollm2"]
 
 
@@ -558,4 +562,4 @@ def test_status_of_a_remote_server_without_management_access() -> None:
     remote = check_server(FakeInference(), None, "m")
     assert remote.level == "ok" and not remote.listed
     missing = check_server(FakeInference(models_error=ModelNotFound("m")), None, "m")
-    assert missing.level == "error" and "not registered" in missing.message
+    assert missing.level == "error" and "not registered" in status_message(missing)

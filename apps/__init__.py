@@ -1,0 +1,1 @@
+"""What the apps draw: table rows, figures and sentences made from the package's data."""
