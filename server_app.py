@@ -13,16 +13,15 @@ import os
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
-from streamlit.delta_generator import DeltaGenerator
 
+from apps import figures, tables
 from tschat.api.management import ModelStatus
 from tschat.api.metrics import fetch_metrics
-from tschat.bench import experiments
+from tschat.bench import experiments, runner
 from tschat.errors import StartupFailed, TsChatError
 from tschat.ops import monitor, packaging, process, store
 from tschat.ops.quantize import QUANTIZATIONS
@@ -66,7 +65,15 @@ CLIENT_CHOICES = (1, 2, 4, 8, 16, 32)
 # ---------------------------------------------------------------- the error boundary
 
 
-def _attempt(action: Callable[[], T], *, report_to: DeltaGenerator | None = None) -> T | None:
+class _Reporter(Protocol):
+    """Where an error is shown at once: the page (``st``) or one of its containers."""
+
+    def error(self, body: str) -> object: ...
+
+    def code(self, body: str, language: str | None = ...) -> object: ...
+
+
+def _attempt(action: Callable[[], T], *, report_to: _Reporter | None = None) -> T | None:
     """Run one call into the package. Its TsChatError becomes a sentence on the page, never a
     traceback: at ``report_to`` now, or at the top of the next run."""
     try:
@@ -214,7 +221,7 @@ def _model_panel(
             f"Worker {restart.worker} of {status.name} died and TorchServe restarted it "
             f"({restart.at.replace('T', ' ')})."
         )
-    rows = monitor.worker_rows(status, engines)
+    rows = tables.worker_rows(status, engines)
     if rows:
         st.dataframe(pd.DataFrame(rows), hide_index=True, key=f"workers_{status.name}")
     else:
@@ -243,27 +250,9 @@ def _charts(settings: Settings, names: list[str]) -> None:
     if len(frame) < 2:
         st.caption("The charts fill in as the live view refreshes.")
     left, right = st.columns(2)
-    for index, (title, columns) in enumerate(monitor.CHARTS.items()):
+    for index, (title, columns) in enumerate(figures.CHARTS.items()):
         target = left if index % 2 == 0 else right
-        target.plotly_chart(_figure(frame, title, columns), key=f"chart_{index}")
-
-
-def _figure(frame: pd.DataFrame, title: str, columns: Sequence[str]) -> go.Figure:
-    figure = go.Figure()
-    for column in columns:
-        if column in frame:
-            figure.add_trace(
-                go.Scatter(x=frame["time"], y=frame[column], name=column, mode="lines+markers")
-            )
-    figure.update_layout(
-        title=title,
-        height=260,
-        margin={"l": 10, "r": 10, "t": 40, "b": 10},
-        showlegend=len(columns) > 1,
-        legend={"orientation": "h", "y": -0.25},
-        yaxis={"rangemode": "tozero"},
-    )
-    return figure
+        target.plotly_chart(figures.metrics_figure(frame, title, columns), key=f"chart_{index}")
 
 
 def _unit(value: float | None, unit: str) -> str:
@@ -284,7 +273,7 @@ def _models(
     registry = _registry(settings)
     st.subheader("Registered models")
     if models:
-        st.dataframe(pd.DataFrame([monitor.model_row(m) for m in models]), hide_index=True)
+        st.dataframe(pd.DataFrame([tables.model_row(m) for m in models]), hide_index=True)
         _registered_model_controls(registry, models)
     else:
         st.info("No model is registered yet.")
@@ -458,7 +447,9 @@ def _model_store(settings: Settings) -> None:
     archives = store.list_archives(settings.model_store)
     st.caption(f"Archives in `{settings.model_store}`")
     if archives:
-        st.dataframe(pd.DataFrame([a.row() for a in archives]), hide_index=True, key="archives")
+        st.dataframe(
+            pd.DataFrame([tables.archive_row(a) for a in archives]), hide_index=True, key="archives"
+        )
     else:
         st.info("The model store is empty. Package a model below.")
     st.subheader("Package a model")
@@ -530,7 +521,7 @@ def _package(gguf: Path, options: dict[str, Any]) -> str:
 
 
 def _experiments(settings: Settings, server: process.ServerStatus) -> None:
-    experiment = experiments.current_experiment(settings)
+    experiment = _experiment_slots().current(settings)
     if experiment is not None and experiment.state().running:
         st.caption(
             "The live view and the logs stop refreshing until the experiment ends, so that "
@@ -637,7 +628,7 @@ def _add_config() -> None:
 
 def _start_experiment(
     settings: Settings, configs: dict[str, experiments.ServedConfig]
-) -> experiments.Experiment:
+) -> runner.Experiment:
     from tschat.bench.loadgen import make_prompt
 
     plan = experiments.LoadPlan(
@@ -650,10 +641,10 @@ def _start_experiment(
     )
     chosen = [configs[key] for key in st.session_state[EXP_CONFIGS] if key in configs]
     gguf = Path(str(st.session_state[EXP_GGUF]).strip()).expanduser()
-    return experiments.start_experiment(settings, gguf, chosen, plan)
+    return _experiment_slots().start(settings, gguf, chosen, plan)
 
 
-def _experiment_progress(experiment: experiments.Experiment) -> None:
+def _experiment_progress(experiment: runner.Experiment) -> None:
     state = experiment.state()
     if not state.running:
         st.rerun()  # finished: draw the form and the results
@@ -665,7 +656,7 @@ def _experiment_progress(experiment: experiments.Experiment) -> None:
     _experiment_results(state, chart=False)  # the chart once it ends: drawing it costs CPU
 
 
-def _experiment_results(state: experiments.ExperimentState, chart: bool = True) -> None:
+def _experiment_results(state: runner.ExperimentState, chart: bool = True) -> None:
     started = datetime.fromtimestamp(state.started).strftime("%H:%M:%S")
     if state.running:
         st.caption(f"Experiment started at {started}; results appear as each cell ends.")
@@ -681,13 +672,13 @@ def _experiment_results(state: experiments.ExperimentState, chart: bool = True) 
         return
     left, table = st.columns(2) if chart else (None, st.container())
     if left is not None:
-        figure = experiments.comparison_figure(state.rows, "")
+        figure = figures.comparison_figure(state.rows, "")
         figure.update_layout(
             margin={"l": 10, "r": 10, "t": 40, "b": 10}, legend={"orientation": "h"}
         )
         left.plotly_chart(figure, key="experiment_chart")
     table.dataframe(
-        pd.DataFrame(experiments.table_rows(state.rows)), hide_index=True, key="experiment_table"
+        pd.DataFrame(tables.experiment_rows(state.rows)), hide_index=True, key="experiment_table"
     )
     table.download_button(
         "Download CSV",
@@ -704,7 +695,7 @@ def _experiment_results(state: experiments.ExperimentState, chart: bool = True) 
 
 def _logs(settings: Settings) -> None:
     choice, lines, query = st.columns([2, 1, 3])
-    name = choice.selectbox("Log", LOG_FILES, key=LOG_FILE)
+    name = cast(process.LogName, choice.selectbox("Log", LOG_FILES, key=LOG_FILE))
     count = lines.selectbox("Lines", (100, 300, 1000), key=LOG_LINES)
     text = query.text_input("Filter", key=LOG_FILTER, placeholder="text to look for, e.g. ERROR")
     # Read far back when filtering, so the last `count` matches are found.
@@ -715,6 +706,12 @@ def _logs(settings: Settings) -> None:
 
 
 # ---------------------------------------------------------------- the page
+
+
+@st.cache_resource
+def _experiment_slots() -> runner.ExperimentSlots:
+    """The experiments of this console process, shared by its pages and browser tabs."""
+    return runner.ExperimentSlots()
 
 
 def _registry(settings: Settings) -> ServingRegistry:
@@ -738,7 +735,7 @@ def main() -> None:
     _server(settings, server)
 
     every = REFRESH_CHOICES[st.session_state.get(REFRESH, "5 s")]
-    experiment = experiments.current_experiment(settings)
+    experiment = _experiment_slots().current(settings)
     if experiment is not None and experiment.state().running:
         every = None  # redrawing the live view would take CPU from the measurement
     live, models_tab, archives, experiments_tab, logs = st.tabs(

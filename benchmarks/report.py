@@ -13,7 +13,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tschat.bench.experiments import Row, comparison_figure, csv_text, peak_total
+from apps.figures import comparison_figure
+from tschat.bench.experiments import Row, csv_text, peak_total
 from tschat.bench.loadgen import Summary
 
 # Row kinds: the two in-process limits and the served cells.

@@ -7,7 +7,8 @@ import io
 
 import pytest
 
-from tschat.bench import experiments
+from apps import figures, tables
+from tschat.bench import experiments, runner
 from tschat.bench.experiments import LoadPlan, Row, ServedConfig
 from tschat.bench.loadgen import Summary
 from tschat.errors import BadRequest
@@ -81,7 +82,7 @@ def test_csv_holds_one_line_per_cell() -> None:
 
 
 def test_table_rows_mark_staggered_cells() -> None:
-    table = experiments.table_rows([cell("c8", 8, 200.0, stagger=0.25)])
+    table = tables.experiment_rows([cell("c8", 8, 200.0, stagger=0.25)])
     assert table[0]["clients"] == "8 (0.25 s apart)"
     assert table[0]["tokens/s"] == 200.0 and table[0]["failed"] == "0/4"
 
@@ -90,7 +91,7 @@ def test_comparison_figure_draws_each_configuration() -> None:
     rows = [cell("b1", 1, 100.0), cell("b1", 8, 110.0), cell("b8", 1, 95.0),
             cell("b8", 8, 180.0), cell("b8", 8, 150.0, stagger=0.25)]  # fmt: skip
     limit = cell("inproc", 1, 120.0)
-    figure = experiments.comparison_figure(rows, "title", limits=[limit])
+    figure = figures.comparison_figure(rows, "title", limits=[limit])
     throughput = [t for t in figure.data if t.type == "scatter" and t.showlegend]
     assert [list(t.y) for t in throughput] == [[100.0, 110.0], [95.0, 180.0]]  # no stagger
     bars = [t for t in figure.data if t.type == "bar"]
@@ -102,12 +103,12 @@ def test_experiment_checks_its_inputs(tmp_path) -> None:
     settings_free = None  # never reached: the checks come first
     gguf = tmp_path / "m.gguf"
     with pytest.raises(BadRequest, match="at least one configuration"):
-        experiments.Experiment(settings_free, gguf, [], LoadPlan())  # type: ignore[arg-type]
+        runner.Experiment(settings_free, gguf, [], LoadPlan())  # type: ignore[arg-type]
     config = ServedConfig.build(1, 0, 1, 2)
     with pytest.raises(BadRequest, match="no GGUF file"):
-        experiments.Experiment(settings_free, gguf, [config], LoadPlan())  # type: ignore[arg-type]
+        runner.Experiment(settings_free, gguf, [config], LoadPlan())  # type: ignore[arg-type]
     with pytest.raises(BadRequest, match="once"):
-        experiments.Experiment(
+        runner.Experiment(
             settings_free,
             gguf,
             [config, config],

@@ -7,9 +7,10 @@ import os
 from datetime import datetime, timedelta
 
 import tschat.ops.monitor
+from apps.tables import worker_rows
 from tschat.api.management import ModelStatus
 from tschat.api.metrics import parse_prometheus
-from tschat.ops.monitor import MetricsHistory, MetricsSnapshot, filter_lines, worker_rows
+from tschat.ops.monitor import MetricsHistory, MetricsSnapshot, filter_lines
 
 T0 = datetime(2025, 1, 1, 12, 0, 0)
 

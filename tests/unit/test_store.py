@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 import tschat.ops.store
+from apps.tables import archive_row
 from tschat.errors import BadRequest
 from tschat.ops import store
 from tschat.ops.gguf import read_gguf_info, read_gguf_stream
@@ -82,7 +83,7 @@ def test_lists_what_an_archive_holds(tmp_path: Path) -> None:
     assert (info.gguf_file, info.quantization) == ("m.Q4_K_M.gguf", "Q4_K_M")
     assert (info.n_ctx, info.trained_context) == (1024, 4096)
     assert (info.batch_size, info.max_batch_delay, info.response_timeout) == (4, 50, 300)
-    row = info.row()
+    row = archive_row(info)
     assert row["Workers"] == "1-2" and row["Problem"] == "" and row["Size"].endswith("B")
 
 

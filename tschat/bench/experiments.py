@@ -11,29 +11,21 @@ own; the console's Experiments page on the operator's server, in a background
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
-import os
 import threading
-import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-import psutil
 
 from tschat.api.keys import KeyStore
 from tschat.bench.loadgen import DEFAULT_INSTRUCTION, LoadSpec, RequestRecord, Summary, run_load
-from tschat.errors import BadRequest, TsChatError
+from tschat.bench.sampler import ProcessSampler
+from tschat.errors import BadRequest
 from tschat.ops import process, store
 from tschat.ops.packaging import PackageOptions, package_model
 from tschat.ops.serving import CONTINUOUS_ONE_WORKER, ServingRegistry
 from tschat.settings import Settings
-
-if TYPE_CHECKING:
-    import plotly.graph_objects as go
 
 # Requests per warm-up client before timing starts (the frontend's JIT, the first prefill).
 WARMUP_ROUNDS = 2
@@ -209,31 +201,6 @@ def csv_text(rows: Iterable[Row]) -> str:
     return out.getvalue()
 
 
-def table_rows(rows: Iterable[Row]) -> list[dict[str, object]]:
-    """The rows as a table for people: configuration, load and the figures that matter.
-
-    >>> s = Summary(16, 1, 1024, 8.0, 128.0, 40.0, 55.0, 9.0, 12.5, 60.0)
-    >>> table_rows([Row("b8", "batch 8", 8, 0.0, 8, 50, 1, 2, False, s, (300.0,))])[0]["failed"]
-    '1/16'
-    """
-    table: list[dict[str, object]] = []
-    for r in rows:
-        s = r.summary
-        table.append(
-            {
-                "configuration": r.label,
-                "clients": f"{r.clients} ({r.stagger_s:g} s apart)" if r.stagger_s else r.clients,
-                "tokens/s": _round(s.tokens_per_s, 1),
-                "TTFT p50 (ms)": _round(s.ttft_p50_ms, 0),
-                "TTFT p95 (ms)": _round(s.ttft_p95_ms, 0),
-                "ITL p50 (ms)": _round(s.itl_p50_ms, 1),
-                "failed": f"{s.failures}/{s.requests}",
-                "worker RSS (MB)": _round(r.rss_total_mb, 0),
-            }
-        )
-    return table
-
-
 def peak_total(rows: Iterable[Row], config: str, attr: str) -> float | None:
     """The largest total worker memory (``rss_total_mb`` or ``pss_total_mb``) of a config."""
     totals = [getattr(r, attr) for r in rows if r.config == config]
@@ -241,146 +208,7 @@ def peak_total(rows: Iterable[Row], config: str, attr: str) -> float | None:
     return max(totals) if totals else None
 
 
-def comparison_figure(rows: Sequence[Row], title: str, limits: Sequence[Row] = ()) -> go.Figure:
-    """Throughput, time to first token, inter-token latency and memory of served rows.
-
-    Staggered cells are left out (their client count is an arrival pattern, not a level);
-    ``limits`` (in-process figures) are drawn as horizontal lines on the throughput chart.
-    """
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    fig = make_subplots(
-        rows=2,
-        cols=2,
-        subplot_titles=(
-            "Aggregate tokens/s",
-            "Time to first token (ms; solid p50, dotted p95)",
-            "Inter-token latency (ms; solid p50, dotted p95)",
-            "Worker memory, peak total (MB)",
-        ),
-    )
-    served = [r for r in rows if not r.stagger_s]
-    configs = list(dict.fromkeys(r.config for r in served))
-    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
-    for n, config in enumerate(configs):
-        cells = sorted((r for r in served if r.config == config), key=lambda r: r.clients)
-        color = palette[n % len(palette)]
-        x = [r.clients for r in cells]
-        series = (
-            (1, 1, "tokens_per_s", "solid", True),
-            (1, 2, "ttft_p50_ms", "solid", False),
-            (1, 2, "ttft_p95_ms", "dot", False),
-            (2, 1, "itl_p50_ms", "solid", False),
-            (2, 1, "itl_p95_ms", "dot", False),
-        )
-        for row_i, col_i, attr, dash, legend in series:
-            fig.add_trace(
-                go.Scatter(
-                    x=x,
-                    y=[getattr(r.summary, attr) for r in cells],
-                    mode="lines+markers",
-                    name=cells[0].label,
-                    legendgroup=config,
-                    showlegend=legend,
-                    line={"color": color, "dash": dash},
-                ),
-                row=row_i,
-                col=col_i,
-            )
-    for limit, dash in zip(limits, ("dash", "dashdot", "dot"), strict=False):
-        if limit.summary.tokens_per_s is not None:
-            fig.add_hline(
-                y=limit.summary.tokens_per_s,
-                line_dash=dash,
-                line_color="grey",
-                annotation_text=limit.label,
-                row=1,
-                col=1,
-            )
-    labels = [next(r.label for r in served if r.config == c) for c in configs]
-    bars = (("rss_total_mb", "RSS", "#7f7f7f"), ("pss_total_mb", "PSS", "#bcbd22"))
-    for attr, name, color in bars:
-        fig.add_trace(
-            go.Bar(
-                x=labels, y=[peak_total(rows, c, attr) for c in configs], name=name,
-                marker_color=color,
-            ),
-            2,
-            2,
-        )  # fmt: skip
-    ticks = sorted({r.clients for r in served})
-    for row_i, col_i in ((1, 1), (1, 2), (2, 1)):
-        fig.update_xaxes(
-            title_text="concurrent clients", type="log", tickvals=ticks, row=row_i, col=col_i
-        )
-    fig.update_layout(title=title, height=800, barmode="group")
-    return fig
-
-
 # ---------------------------------------------------------------- measuring
-
-
-class ProcessSampler:
-    """Worker memory and CPU time of each process group while a load runs.
-
-    Peak RSS of each worker is sampled in the background, PSS at the start and the end; CPU
-    time is read at the start and the end for the workers, the Java frontend and this process
-    (the clients).
-    """
-
-    def __init__(self, pids: Sequence[int], frontend: int | None, interval_s: float = 0.5) -> None:
-        self.pids = list(pids)
-        self.interval_s = interval_s
-        self.rss: dict[int, int] = {}
-        self.pss: dict[int, int] = {}
-        self._groups = {"workers": self.pids, "frontend": [frontend] if frontend else []}
-        self._groups["client"] = [os.getpid()]
-        self._cpu_start: dict[str, float] = {}
-        self.cpu_s: dict[str, float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="process-sampler", daemon=True)
-
-    def _cpu(self) -> dict[str, float]:
-        used = {}
-        for name, pids in self._groups.items():
-            total = 0.0
-            for pid in pids:
-                with contextlib.suppress(psutil.Error):
-                    times = psutil.Process(pid).cpu_times()
-                    total += times.user + times.system
-            used[name] = total
-        return used
-
-    def sample(self, full: bool = True) -> None:
-        """Record RSS, and PSS too when ``full`` (it walks the page tables: not while timing)."""
-        for pid in self.pids:
-            with contextlib.suppress(psutil.Error):
-                process_ = psutil.Process(pid)
-                info = process_.memory_full_info() if full else process_.memory_info()
-                self.rss[pid] = max(self.rss.get(pid, 0), info.rss)
-                if full:
-                    self.pss[pid] = max(self.pss.get(pid, 0), getattr(info, "pss", 0))
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.sample(full=False)
-
-    def __enter__(self) -> ProcessSampler:
-        self.sample()
-        self._cpu_start = self._cpu()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        end = self._cpu()
-        self.cpu_s = {name: end[name] - self._cpu_start[name] for name in end}
-        self._stop.set()
-        self._thread.join()
-        self.sample()
-
-    def mb(self, table: dict[int, int]) -> tuple[float, ...]:
-        return tuple(table[pid] / 2**20 for pid in self.pids if table.get(pid))
 
 
 @dataclass(frozen=True)
@@ -514,188 +342,3 @@ def measure_config(
         if on_row is not None:
             on_row(row)
     return rows
-
-
-# ---------------------------------------------------------------- in the background
-
-
-@dataclass(frozen=True)
-class ExperimentState:
-    """A snapshot of an experiment, for display."""
-
-    configs: tuple[ServedConfig, ...]
-    plan: LoadPlan
-    started: float  # time.time()
-    step: str
-    fraction: float
-    rows: tuple[Row, ...]
-    errors: tuple[str, ...] = ()
-    finished: float | None = None
-    cancelled: bool = False
-
-    @property
-    def running(self) -> bool:
-        return self.finished is None
-
-
-@dataclass
-class _Progress:
-    done: int = 0
-    total: int = 1
-    step: str = "Starting"
-    rows: list[Row] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    finished: float | None = None
-
-
-class Experiment:
-    """Measure configurations one after another on a running TorchServe, in a thread.
-
-    Each configuration is packaged from ``gguf`` into the model store as ``PREFIX-KEY.mar``,
-    registered under that name, measured and unregistered; the archives are removed at the
-    end. A configuration that fails is reported and the next one goes on.
-    """
-
-    PREFIX = "exp"
-
-    def __init__(
-        self, settings: Settings, gguf: Path, configs: Sequence[ServedConfig], plan: LoadPlan
-    ) -> None:
-        if not configs:
-            raise BadRequest("Pick at least one configuration.")
-        if len({c.key for c in configs}) != len(configs):
-            raise BadRequest("Each configuration can be measured once per experiment.")
-        if not gguf.is_file():
-            raise BadRequest(f"There is no GGUF file at {gguf}.")
-        self.settings = settings
-        self.gguf = gguf
-        self.configs = tuple(configs)
-        self.plan = plan
-        self.started = time.time()
-        self._cancel = threading.Event()
-        self._lock = threading.Lock()
-        self._progress = _Progress(total=sum(self._units(c) for c in self.configs))
-        self._thread = threading.Thread(target=self._run, name="experiment", daemon=True)
-
-    # Progress counts requests; packaging and registering a configuration weigh as much as
-    # a few requests, so the bar moves while they run.
-    _SETUP_UNITS = 4
-
-    def _units(self, config: ServedConfig) -> int:
-        return self._SETUP_UNITS + self.plan.requests_in(config)
-
-    def model_name(self, config: ServedConfig) -> str:
-        return f"{self.PREFIX}-{config.key}"
-
-    def start(self) -> Experiment:
-        self._thread.start()
-        return self
-
-    def cancel(self) -> None:
-        """Send no more requests; the configuration under way is unregistered."""
-        self._cancel.set()
-
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
-
-    def state(self) -> ExperimentState:
-        with self._lock:
-            p = self._progress
-            return ExperimentState(
-                configs=self.configs,
-                plan=self.plan,
-                started=self.started,
-                step=p.step,
-                fraction=min(p.done / max(p.total, 1), 1.0),
-                rows=tuple(p.rows),
-                errors=tuple(p.errors),
-                finished=p.finished,
-                cancelled=self._cancel.is_set(),
-            )
-
-    def _advance(self, units: int = 1, step: str | None = None) -> None:
-        with self._lock:
-            self._progress.done += units
-            if step is not None:
-                self._progress.step = step
-
-    def _run(self) -> None:
-        keys = KeyStore(self.settings)
-        registry = ServingRegistry.for_settings(self.settings, keys)
-        try:
-            for n, config in enumerate(self.configs, 1):
-                if self._cancel.is_set():
-                    break
-                where = f"{n}/{len(self.configs)} {config.label}"
-                started = self._progress.done
-                try:
-                    self._measure(registry, keys, config, where)
-                except Exception as exc:  # noqa: BLE001 - one broken configuration spoils no other
-                    with self._lock:
-                        self._progress.errors.append(f"{config.label}: {exc}")
-                finally:
-                    with self._lock:  # a failed or cut short configuration counts as done
-                        self._progress.done = started + self._units(config)
-        finally:
-            with self._lock:
-                self._progress.step = "Cancelled" if self._cancel.is_set() else "Finished"
-                self._progress.finished = time.time()
-
-    def _measure(
-        self, registry: ServingRegistry, keys: KeyStore, config: ServedConfig, where: str
-    ) -> None:
-        name = self.model_name(config)
-        archive = self.settings.model_store / f"{name}.mar"
-        self._advance(0, f"{where}: packaging {archive.name}")
-        with contextlib.suppress(TsChatError):  # left registered by a run that was cut short
-            registry.unregister(name)
-        try:
-            package_config(self.gguf, config, self.settings.model_store, name)
-            self._advance(self._SETUP_UNITS // 2, f"{where}: starting {config.workers} worker(s)")
-            pids = register_config(registry, config, archive.name, name)
-            try:
-                self._advance(self._SETUP_UNITS - self._SETUP_UNITS // 2, f"{where}: warming up")
-
-                def on_row(row: Row) -> None:
-                    with self._lock:
-                        self._progress.rows.append(row)
-
-                def on_record(record: RequestRecord) -> None:
-                    self._advance(1, f"{where}: measuring")
-
-                measure_config(
-                    self.settings, keys, config, name, pids, self.plan,
-                    on_record=on_record, on_row=on_row, cancel=self._cancel,
-                )  # fmt: skip
-            finally:
-                with contextlib.suppress(Exception):
-                    registry.unregister(name)
-        finally:
-            archive.unlink(missing_ok=True)
-
-
-_current: dict[str, Experiment] = {}
-_current_lock = threading.Lock()
-
-
-def start_experiment(
-    settings: Settings, gguf: Path, configs: Sequence[ServedConfig], plan: LoadPlan
-) -> Experiment:
-    """Start an experiment on the server of ``settings``, unless one is already running there.
-
-    The experiment is kept per server (run directory) in this process, so a page that reruns
-    or a second browser tab finds it with :func:`current_experiment` instead of starting another.
-    """
-    with _current_lock:
-        running = _current.get(str(settings.run_dir))
-        if running is not None and running.state().running:
-            raise BadRequest("An experiment is already running on this server; wait or cancel it.")
-        experiment = Experiment(settings, gguf, configs, plan)
-        _current[str(settings.run_dir)] = experiment
-        return experiment.start()
-
-
-def current_experiment(settings: Settings) -> Experiment | None:
-    """The running or last experiment on the server of ``settings``, if any."""
-    with _current_lock:
-        return _current.get(str(settings.run_dir))

