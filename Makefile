@@ -42,7 +42,7 @@ help:
 	@echo "make model    package the default model into $(ARCHIVE)"
 	@echo "make bench    benchmark batching configurations (BENCH_ARGS=--quick for a short run)"
 	@echo "make soak     1,000 requests; worker memory and descriptors must not grow"
-	@echo "make lint     ruff check, ruff format --check, mypy"
+	@echo "make lint     ruff check, ruff format --check, mypy (package, apps, scripts)"
 	@echo "make stop     stop the TorchServe started by 'make run'"
 	@echo "make clean    remove var/ and the packaged archives"
 
@@ -97,7 +97,7 @@ soak: setup model $(STAMP_DEV)
 lint: $(STAMP_DEV)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy tschat
+	$(PY) -m mypy
 
 stop:
 	$(PY) -m tschat.ops.process stop
