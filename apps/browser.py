@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import requests
 
-from tschat.ops.process import free_loopback_ports
+from tschat.ops.process import free_loopback_ports, stop_child
 from tschat.run import ROOT, streamlit_argv
 from tschat.settings import Settings
 
@@ -82,13 +82,7 @@ def start_app(script: str, port: int, env: Mapping[str, str], log: Path) -> Runn
 
 def stop_app(app: subprocess.Popen[bytes]) -> None:
     """Stop one app process started by :func:`start_app`."""
-    if app.poll() is None:
-        app.terminate()
-        try:
-            app.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            app.kill()
-            app.wait(timeout=10)
+    stop_child(app)
 
 
 @contextlib.contextmanager

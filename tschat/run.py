@@ -96,12 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         pass
     finally:
         for app in apps:
-            app.terminate()
-        for app in apps:
-            try:
-                app.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                app.kill()
+            process.stop_child(app)
         if not was_running:
             print("Stopping TorchServe...", flush=True)
             process.stop(settings)

@@ -32,6 +32,7 @@ import yaml
 
 from tschat.errors import PackagingFailed, TsChatError
 from tschat.ops.gguf import NotGGUFError, describe, format_size, read_gguf_info
+from tschat.ops.process import stop_child
 from tschat.ops.quantize import QuantizeError, check_target
 from tschat.ops.store import check_model_name, default_gguf, model_name_for
 from tschat.settings import REPO_ROOT
@@ -405,13 +406,7 @@ def _run_quantizer(
                     yield line, key.data
         code = child.wait()
     finally:
-        if child.poll() is None:
-            child.terminate()
-            try:
-                child.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+        stop_child(child)
     if code != 0:
         reason = " ".join(dict.fromkeys(errors)) or f"llama.cpp's quantizer exited with {code}"
         raise PackagingFailed(target_file.stem, f"quantizing failed: {reason.rstrip('.')}.")

@@ -26,7 +26,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import psutil
 
@@ -263,6 +263,18 @@ def _ports(settings: Settings) -> list[tuple[int, str]]:
         (settings.grpc_inference_port, "TSCHAT_GRPC_INFERENCE_PORT"),
         (settings.grpc_management_port, "TSCHAT_GRPC_MANAGEMENT_PORT"),
     ]
+
+
+def stop_child(child: subprocess.Popen[Any], grace_s: float = 10.0) -> None:
+    """End a child process: SIGTERM, then SIGKILL if it is still there after ``grace_s``."""
+    if child.poll() is not None:
+        return
+    child.terminate()
+    try:
+        child.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait(timeout=grace_s)
 
 
 def free_loopback_ports(count: int) -> list[int]:

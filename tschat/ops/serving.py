@@ -98,16 +98,9 @@ class ServingRegistry:
             wanted = (low, high)
         self.check_archive(archive)
         self._check_workers(archive, archive, max(initial_workers, wanted[1] if wanted else 0))
-        self.management.register_model(
-            archive,
-            model_name=model_name,
-            batch_size=batch_size,
-            max_batch_delay=max_batch_delay,
-            initial_workers=initial_workers,
-            response_timeout=response_timeout,
-            synchronous=True,
-        )
         name = model_name or archive.removesuffix(".mar")
+        self._register(archive, model_name, batch_size, max_batch_delay, initial_workers,
+                       response_timeout)  # fmt: skip
         status = self.management.describe_model(name)
         return self._keep_workers(status, *wanted) if wanted else status
 
@@ -146,14 +139,8 @@ class ServingRegistry:
         if old is not None:
             self.management.unregister_model(name, old.version)
         try:
-            self.management.register_model(
-                archive,
-                model_name=name,
-                batch_size=batch_size,
-                max_batch_delay=max_batch_delay,
-                initial_workers=low,
-                response_timeout=old.response_timeout if old else None,
-            )
+            timeout = old.response_timeout if old else None
+            self._register(archive, name, batch_size, max_batch_delay, low, timeout)
         except TsChatError as error:
             if old is None:
                 raise
@@ -182,6 +169,26 @@ class ServingRegistry:
 
     # ------------------------------------------------------------ helpers
 
+    def _register(
+        self,
+        archive: str,
+        name: str | None,
+        batch_size: int | None,
+        max_batch_delay: int | None,
+        workers: int,
+        response_timeout: int | None,
+    ) -> None:
+        """The one call that registers: synchronous, so TorchServe has started the workers."""
+        self.management.register_model(
+            archive,
+            model_name=name,
+            batch_size=batch_size,
+            max_batch_delay=max_batch_delay,
+            initial_workers=workers,
+            response_timeout=response_timeout,
+            synchronous=True,
+        )
+
     def _keep_workers(self, status: ModelStatus, low: int, high: int) -> ModelStatus:
         if (status.min_workers, status.max_workers) == (low, high):
             return status
@@ -194,14 +201,8 @@ class ServingRegistry:
         except ModelNotFound:
             pass  # the failed registration left nothing behind (the usual case)
         try:
-            self.management.register_model(
-                old.url,
-                model_name=old.name,
-                batch_size=old.batch_size,
-                max_batch_delay=old.max_batch_delay,
-                initial_workers=max(old.min_workers, 1),
-                response_timeout=old.response_timeout,
-            )
+            self._register(old.url, old.name, old.batch_size, old.max_batch_delay,
+                           max(old.min_workers, 1), old.response_timeout)  # fmt: skip
         except TsChatError as error:
             raise ServerError(
                 f"Changing model {old.name!r} failed ({cause}) and registering its previous "
