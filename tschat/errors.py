@@ -9,7 +9,7 @@ show ``str(error)`` as it is. The whole tree:
         * JavaMissing - no Java 17 or newer.
         * PortInUse - a port TorchServe needs is taken by another program.
         * ArchiveInvalid - a model archive name or file is not usable.
-        * PackagingFailed - package_model.sh could not build an archive.
+        * PackagingFailed - packaging could not build an archive.
         * StartupFailed - TorchServe exited while starting.
             * StartupTimeout - TorchServe did not answer /ping in time.
     * ApiError - a request to a TorchServe API failed.
@@ -85,7 +85,7 @@ class ArchiveInvalid(SetupError):
 
 
 class PackagingFailed(SetupError):
-    """package_model.sh exited with an error; ``reason`` is its own error line."""
+    """Packaging could not build an archive; ``reason`` says why."""
 
     def __init__(self, name: str, reason: str) -> None:
         self.name = name

@@ -1,6 +1,6 @@
 """The model store: the names of its archives, what each holds, and uploads into it.
 
-An archive (NAME.mar, written by package_model.sh) is a zip file holding the handler, the GGUF
+An archive (NAME.mar, written by tschat.ops.packaging) is a zip file holding the handler, the GGUF
 weights stored uncompressed, ``model-config.yaml`` and ``MAR-INF/MANIFEST.json``. Listing reads
 the manifest, the config and the GGUF header straight from the zip, without unpacking anything,
 and remembers the answer until the file changes.
