@@ -1,4 +1,4 @@
-"""Command line of the load generator (tschat.bench.loadgen), against a running local TorchServe.
+"""Command line of the load generator (tschat.loadgen), against a running local TorchServe.
 
     python -m benchmarks.loadgen --clients 8 --requests 16 --max-tokens 64
 
