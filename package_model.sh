@@ -28,7 +28,8 @@ Archive:
   --allow-requantize      let --quantize start from a model already quantized below Q8_0
   --python PYTHON         interpreter with torch-model-archiver and pyyaml (default:
                           .venv/bin/python next to this script if present, else python3)
-  --handler-dir DIR       folder with llama_cpp_handler.py, engine.py and openai_protocol.py
+  --handler-dir DIR       folder with llama_cpp_handler.py, engine.py, openai_protocol.py,
+                          chat_prompt.py and structured.py
                           (default: handlers next to this script)
 
 TorchServe (model-config.yaml top level):
@@ -181,7 +182,9 @@ export PYTHONPATH="$script_dir${PYTHONPATH:+:$PYTHONPATH}"
   || die "$python lacks pyyaml or torch-model-archiver; run 'make setup' or pip install -r requirements.txt"
 
 handler="$handler_dir/llama_cpp_handler.py"
-extra_handler_files=("$handler_dir/engine.py" "$handler_dir/openai_protocol.py")
+# The handler's own modules, and the request contract it shares with the clients.
+extra_handler_files=("$handler_dir/engine.py" "$handler_dir/openai_protocol.py"
+  "$handler_dir/chat_prompt.py" "$handler_dir/structured.py" "$script_dir/tschat/contract.py")
 for f in "$handler" "${extra_handler_files[@]}" "$config_template"; do
   [[ -f $f ]] || die "$f not found"
 done

@@ -19,7 +19,13 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "package_model.sh"
-HANDLER_FILES = ("llama_cpp_handler.py", "engine.py", "openai_protocol.py")
+HANDLER_FILES = (
+    "llama_cpp_handler.py",
+    "engine.py",
+    "openai_protocol.py",
+    "chat_prompt.py",
+    "structured.py",
+)
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -108,7 +114,8 @@ def test_default_model_with_options(handler_dir: Path, store: Path, tmp_path: Pa
 
     with zipfile.ZipFile(archive) as z:
         names = set(z.namelist())
-        assert {*HANDLER_FILES, DEFAULT_GGUF, "model-config.yaml", "MAR-INF/MANIFEST.json"} <= names
+        shipped = {*HANDLER_FILES, "contract.py", DEFAULT_GGUF, "model-config.yaml"}
+        assert shipped | {"MAR-INF/MANIFEST.json"} <= names
         with z.open(DEFAULT_GGUF) as packed:
             assert packed.read(4) == b"GGUF"
         assert z.getinfo(DEFAULT_GGUF).file_size == default_model().stat().st_size
@@ -131,7 +138,7 @@ def test_default_model_with_options(handler_dir: Path, store: Path, tmp_path: Pa
         "n_gpu_layers": 0,
         "seed": 7,
         "chat_template": chat_template.read_text(),
-        "prefix_cache": True,  # from the template
+        "prefix_cache": "shared",  # from the template
     }
     assert hashlib.sha256(template.read_bytes()).hexdigest() == template_before
 
