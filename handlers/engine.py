@@ -493,7 +493,6 @@ class LlamaEngine:
         slot = min(self._free_ids)
         self._free_ids.remove(slot)
         gen.seq_id = slot
-        gen.created = time.perf_counter()  # time to first token counts from here
         self._reuse_prefix(gen)
         self.active.append(gen)
 
