@@ -34,6 +34,7 @@ import math
 import os
 import re
 import socket
+import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -749,12 +750,18 @@ class LlamaEngine:
             sampler = llama_cpp.llama_sampler_init_grammar(
                 self.vocab, grammar.encode("utf-8"), b"root"
             )
-        if not sampler:
-            problems = [line.strip() for line in log if line.strip()]
-            raise GrammarError(
-                "llama.cpp could not use the grammar" + (f": {problems[-1]}" if problems else ".")
+        if sampler:
+            return sampler
+        # llama.cpp's grammar parser writes why to stderr: parse again to read it.
+        with _capture_stderr() as err, _capture_log():
+            again = llama_cpp.llama_sampler_init_grammar(
+                self.vocab, grammar.encode("utf-8"), b"root"
             )
-        return sampler
+        self._free_sampler(again)
+        problems = [line.strip() for line in [*err, *log] if line.strip()]
+        problems = [p for p in problems if "failed to parse" not in p and p != grammar.strip()]
+        reason = problems[0] if problems else "it is not valid GBNF"
+        raise GrammarError(f"llama.cpp could not use the grammar: {reason[:300]}")
 
     @staticmethod
     def _free_sampler(sampler: ctypes.c_void_p | None) -> None:
@@ -824,6 +831,22 @@ class LlamaEngine:
             llama_cpp.llama_model_free(self.model)
             self.ctx = None
             self.model = None
+
+
+@contextlib.contextmanager
+def _capture_stderr() -> Iterator[list[str]]:
+    """Collect what native code writes to file descriptor 2 while the block runs."""
+    lines: list[str] = []
+    with tempfile.TemporaryFile() as sink:
+        saved = os.dup(2)
+        try:
+            os.dup2(sink.fileno(), 2)
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines += sink.read().decode("utf-8", errors="replace").splitlines()
 
 
 @contextlib.contextmanager
