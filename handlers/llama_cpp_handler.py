@@ -33,6 +33,7 @@ import logging
 import os
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 import contract
@@ -83,10 +84,11 @@ class Job:
     body: bytes = b""  # what is still to be sent
     started: bool = False  # its HTTP headers have gone out (a stream is open)
     ended: bool = False  # the stream's last events (usage, [DONE]) have been written
+    failed: bool = False  # answering it raised: it was ended with an error of its own
 
     @property
     def finished(self) -> bool:
-        return all(a.gen.finished for a in self.answers)
+        return self.failed or all(a.gen.finished for a in self.answers)
 
     @property
     def plain_text(self) -> bool:
@@ -223,7 +225,7 @@ class LlamaCppHandler:
                 # Already completed on the wire: leave it out of TorchServe's final message.
                 context.request_ids.pop(job.idx, None)
             else:
-                results[job.idx] = self._final_body(job, context)
+                results[job.idx] = self._final(job, context)
         return results
 
     def _handle_step(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
@@ -253,8 +255,9 @@ class LlamaCppHandler:
                 continue
             job.idx = idx
             self._set_content_type(context, job)
-            if job.request.stream:
-                job.body += self._stream_bytes(job)
+            if job.request.stream and not job.failed:
+                written = self._try(job, context, self._stream_bytes)  # may replace job.body
+                job.body += written
             if not job.finished:
                 results[idx], job.body = job.body, b""
                 stream_next[idx] = True  # keeps the HTTP response open
@@ -262,7 +265,7 @@ class LlamaCppHandler:
                 continue
             del self.running[request_id]
             self._record(job)
-            results[idx] = self._final_body(job, context)
+            results[idx] = self._final(job, context)
             stream_next[idx] = False if job.started else None
         # TorchServe reads ts_stream_next per request from these (None: a plain, whole response).
         context.stopping_criteria = {
@@ -270,6 +273,29 @@ class LlamaCppHandler:
             for idx, more in stream_next.items()
         }
         return results
+
+    def _try(self, job: Job, context: Any, write: Callable[[Job], bytes]) -> bytes:
+        """What ``write`` makes of a job; if it raises, the job ends with an error of its own."""
+        try:
+            return write(job)
+        except Exception as exc:  # a bug must cost this request only
+            logger.exception("Request %s failed while answering", context.request_ids.get(job.idx))
+            self._cancel(job)
+            job.failed = job.ended = True
+            err = RequestError(f"The server failed while answering: {exc}", status=500)
+            if job.started and job.request.stream:  # the stream is open: an error event ends it
+                job.body += b"" if job.plain_text else api.sse(err.body()) + api.sse("[DONE]")
+                return b""
+            if not job.started:  # else the status went out with the headers
+                context.set_response_status(500, "", job.idx)
+                context.set_response_content_type(job.idx, JSON_TYPE)
+            job.body = json.dumps(err.body()).encode("utf-8")
+            return b""
+
+    def _final(self, job: Job, context: Any) -> bytes:
+        """The job's last bytes: the end of its stream or its whole answer (or its error)."""
+        body = self._try(job, context, lambda job: self._final_body(job, context))
+        return job.body if job.failed else body
 
     def _cancel(self, job: Job) -> None:
         assert self.engine is not None
@@ -423,8 +449,9 @@ class LlamaCppHandler:
         gens = [a.gen for j in jobs for a in j.answers]
         for _ in self.engine.generate(gens):
             for job in streams:
-                if not job.closed:
-                    job.body += self._stream_bytes(job)
+                if not job.closed and not job.failed:
+                    written = self._try(job, context, self._stream_bytes)  # may replace job.body
+                    job.body += written
             open_streams = [j for j in streams if not j.closed]
             running = [j for j in open_streams if not j.finished]
             if not running:
@@ -448,6 +475,7 @@ class LlamaCppHandler:
         context.cl_socket.sendall(msg)
         for j in jobs:
             j.body = b""
+            j.started = True
             j.closed = j.idx in closing
 
     # -- writing answers -------------------------------------------------------------------
@@ -567,6 +595,8 @@ class LlamaCppHandler:
 
     def _final_body(self, job: Job, context: Any) -> bytes:
         """What goes out with TorchServe's final message: the stream's end or the whole answer."""
+        if job.failed:
+            return job.body
         if job.request.stream:
             return job.body + self._stream_bytes(job) if not job.closed else b""
         for answer in job.answers:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from contract import Sampling
 from test_handler import CHAT, chat, sse_events
 from worker_harness import Harness
@@ -208,3 +209,37 @@ def test_logit_bias_bans_and_forces_tokens(harness: Harness) -> None:
         },
     )
     assert banned["choices"][0]["text"] != first
+
+
+def test_a_request_that_breaks_while_answering_breaks_alone(
+    harness: Harness, continuous: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import openai_protocol
+
+    def broken(entries: Any) -> Any:
+        raise RuntimeError("logprobs writer broke")
+
+    monkeypatch.setattr(openai_protocol, "chat_logprobs", broken)
+    good = chat("Name a colour.", max_tokens=6)
+    bad = chat("Name a colour.", max_tokens=6, logprobs=True)
+    _, final = harness.run([(CHAT, bad), (CHAT, good), (CHAT, {**bad, "stream": True})])
+    statuses = [p.status for p in final.predictions]
+    assert statuses[:2] == [500, 200], statuses
+    assert "logprobs writer broke" in json.loads(final.predictions[0].body)["error"]["message"]
+    assert json.loads(final.predictions[1].body)["choices"][0]["message"]["content"]
+
+    sent = continuous.run_continuous(
+        {0: [(CHAT, bad), (CHAT, good), (CHAT, {**bad, "stream": True})]}
+    )
+    bodies = list(sent.values())
+    # Continuous batching keeps a whole answer's response open from the first step, status
+    # included: the error comes as the body.
+    error = json.loads(bodies[0][-1].body)["error"]
+    assert error["type"] == "server_error" and "logprobs writer broke" in error["message"]
+    assert json.loads(bodies[1][-1].body)["choices"][0]["message"]["content"]
+    stream = b"".join(p.body for p in bodies[2])
+    assert b"logprobs writer broke" in stream
+    if bodies[2][-1].status == 200:  # it broke after the stream opened: an error event ends it
+        assert stream.endswith(b"data: [DONE]\n\n")
+    _, models = whole(continuous, "v1/models", {})
+    assert models["data"][0]["meta"]["slots"]["busy"] == 0

@@ -11,18 +11,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from tschat import contract
+
 ROOT = Path(__file__).resolve().parents[2]
 HANDLERS = ROOT / "handlers"
-# The archive puts the contract module next to the handler: so does the test path.
-CONTRACT = ROOT / "tschat" / "contract.py"
-for folder in (HANDLERS,):
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
-if "contract" not in sys.modules:
-    _spec = importlib.util.spec_from_file_location("contract", CONTRACT)
-    assert _spec is not None and _spec.loader is not None
-    sys.modules["contract"] = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(sys.modules["contract"])
+if str(HANDLERS) not in sys.path:
+    sys.path.insert(0, str(HANDLERS))
+# The archive ships the contract next to the handler, which imports it as ``contract``.
+sys.modules.setdefault("contract", contract)
 
 
 def default_gguf() -> Path:
