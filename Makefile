@@ -30,7 +30,7 @@ STAMP_REQUIREMENTS := $(VENV)/.stamp-requirements
 STAMP_DEV := $(VENV)/.stamp-dev
 STAMP_LLAMA := $(VENV)/.stamp-llama-cpp-$(LLAMA_CPP_VERSION)-$(BACKEND)
 ARCHIVE := $(MODEL_STORE)/$(MODEL_NAME).mar
-HANDLER_FILES := $(wildcard handlers/*.py)
+HANDLER_FILES := $(wildcard handlers/*.py) tschat/contract.py
 
 .DEFAULT_GOAL := help
 .PHONY: help run setup system model test soak bench lint stop clean
@@ -98,6 +98,7 @@ lint: $(STAMP_DEV)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
+	MYPYPATH=tschat $(PY) -m mypy handlers/*.py
 
 stop:
 	$(PY) -m tschat.ops.process stop

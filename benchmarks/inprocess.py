@@ -13,23 +13,26 @@ the served model, so the ratios compare like with like.
 
 from __future__ import annotations
 
+import importlib
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tschat import contract
 from tschat.bench.loadgen import RequestRecord, Summary, summarize
 
 HANDLERS = Path(__file__).resolve().parent.parent / "handlers"
 
 
-def _engine_module() -> Any:
+def handler_module(name: str) -> Any:
+    """One of the handler's modules, imported as the archive lays them out."""
     if str(HANDLERS) not in sys.path:
         sys.path.insert(0, str(HANDLERS))
-    import engine
-
-    return engine
+    # The archive ships the contract next to the handler, which imports it as ``contract``.
+    sys.modules.setdefault("contract", contract)
+    return importlib.import_module(name)
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ class InProcessBench:
     def __init__(self, model_path: Path, n_threads: int, max_sequences: int, n_ctx: int = 2048):
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        self.engine_mod = _engine_module()
+        self.engine_mod = handler_module("engine")
         self.engine = self.engine_mod.LlamaEngine(
             self.engine_mod.EngineConfig(
                 model_path=str(model_path),
@@ -82,11 +85,18 @@ class InProcessBench:
         return tokens
 
     def run(
-        self, prompt: str, max_tokens: int, sequences: int, temperature: float = 0.0, seed: int = 1
+        self,
+        prompt: str,
+        max_tokens: int,
+        sequences: int,
+        temperature: float = 0.0,
+        seed: int = 1,
+        grammar: str | None = None,
+        ignore_eos: bool = False,
     ) -> list[RequestRecord]:
         """Start ``sequences`` requests at once and step until all end; one record each."""
-        params = self.engine_mod.SamplingParams(
-            max_tokens=max_tokens, temperature=temperature, seed=seed
+        params = contract.Sampling(
+            max_tokens=max_tokens, temperature=temperature, seed=seed, ignore_eos=ignore_eos
         )
         t0 = time.perf_counter()
         gens = []
@@ -94,7 +104,7 @@ class InProcessBench:
         for _ in range(sequences):
             # Formatting and tokenizing are part of a request's cost, as in the handler.
             begin = time.perf_counter() - t0
-            gen = self.engine.start(self.prompt_tokens(prompt), params)
+            gen = self.engine.start(self.prompt_tokens(prompt), params, grammar=grammar)
             started[id(gen)] = begin
             gens.append(gen)
         times: dict[int, list[float]] = {id(g): [] for g in gens}

@@ -4,16 +4,21 @@ The high-level ``llama_cpp.Llama`` decodes one sequence at a time. This engine k
 sequence per request and runs a single ``llama_decode`` per step over every active sequence, so
 a batch of N requests costs about one forward pass per token instead of N.
 
-Each ``Generation`` has its own sampler chain (seed, temperature, top-k/p, min-p, repeat penalty),
-its own stop conditions and its own UTF-8 decoder, so its output does not depend on what else is
-in the batch. Prompts are prefilled in chunks that share the step with other sequences' decode
+Each ``Generation`` has its own sampler chain (seed, temperature, top-k/p, min-p, penalties,
+logit bias), its own grammar if it has one, its own stop conditions and its own UTF-8 decoder, so
+its output does not depend on what else is in the batch: answers under different grammars share
+one batch. Prompts are prefilled in chunks that share the step with other sequences' decode
 tokens, which is what lets a new request join a running batch.
 
 A prompt that begins like one already in the cache skips that part of its prefill: the cache of a
 running sequence, or the one a finished sequence left in its slot (the previous turn of a chat),
 is copied into the new sequence up to the shared prefix (``llama_memory_seq_cp``). When several
 requests with the same beginning arrive together, one prefills it and the others copy it a step
-later. The copied cells hold the same numbers a prefill would compute.
+later. The copied cells hold the same numbers a prefill would compute. Whose caches a prompt may
+reuse is ``prefix_cache``: everyone's, the same user's only, or none. The ``n`` answers of one
+request are forks of one prompt: the first prefills it, the others copy it, whatever the cache.
+
+A generation that finds no free KV slot waits in a queue and starts the step a slot frees.
 
 Objects here are not thread-safe: one thread drives an engine.
 """
@@ -21,16 +26,22 @@ Objects here are not thread-safe: one thread drives an engine.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import ctypes
 import dataclasses
 import logging
+import math
 import os
 import re
 import socket
+import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import cast
 
 import llama_cpp
+import numpy as np
+from contract import Sampling, sampler_seed
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +56,7 @@ GGML_LOG_LEVEL_ERROR = 4
 _captured: list[str] | None = None  # llama.cpp's log lines while a model loads
 
 
-@llama_cpp.llama_log_callback
+@llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
 def _log_to_python(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
     """Pass llama.cpp's warnings and errors to Python logging; drop its chatty load log."""
     if _captured is not None:
@@ -63,23 +74,22 @@ SPLIT_MODES = {
     "row": llama_cpp.LLAMA_SPLIT_MODE_ROW,
 }
 
+# Who may reuse whose cached prompt beginning (handler.prefix_cache in model-config.yaml).
+CACHE_SHARED = "shared"  # everyone's: one user's machine
+CACHE_PER_USER = "per_user"  # only a request with the same scope (OpenAI `user` field)
+CACHE_OFF = "off"
+CACHE_SCOPES = (CACHE_SHARED, CACHE_PER_USER, CACHE_OFF)
+
+# llama_token_data as numpy sees it, for sampling from a candidate array built in place.
+TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
+
 
 class ContextOverflow(ValueError):
     """A prompt that does not fit in one sequence's context window."""
 
 
-@dataclasses.dataclass(frozen=True)
-class SamplingParams:
-    """How one request picks its tokens and when it stops."""
-
-    max_tokens: int | None = None
-    temperature: float = 0.8
-    top_p: float = 0.95
-    top_k: int = 40
-    min_p: float = 0.05
-    repeat_penalty: float = 1.1
-    seed: int = 0
-    stop: tuple[str, ...] = ()
+class GrammarError(ValueError):
+    """A grammar llama.cpp cannot use; the message says why."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,18 +109,40 @@ class EngineConfig:
     )
     tensor_split: tuple[float, ...] = ()  # share of the model per device; empty = by free memory
     kv_unified: bool = False  # one KV stream for all: faster batches, batch-dependent rounding
-    prefix_cache: bool = True  # reuse the cache of a shared prompt beginning instead of prefilling
+    prefix_cache: str = CACHE_SHARED  # whose cached prompt beginnings a new prompt may reuse
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability and the likeliest alternatives at its place."""
+
+    token: int
+    piece: bytes
+    logprob: float
+    top: tuple[tuple[int, bytes, float], ...]
 
 
 class Generation:
-    """One request's sequence: its prompt, sampler, output so far and timings."""
+    """One answer's sequence: its prompt, sampler, output so far and timings."""
 
-    def __init__(self, seq_id: int, prompt_tokens: list[int], params: SamplingParams) -> None:
-        self.seq_id = seq_id
+    def __init__(
+        self,
+        prompt_tokens: list[int],
+        params: Sampling,
+        *,
+        grammar: str | None = None,
+        logprobs: int | None = None,
+        scope: str | None = None,
+    ) -> None:
+        self.seq_id = -1  # the KV slot, once it has one
         self.prompt_tokens = prompt_tokens
         self.params = params
+        self.grammar = grammar
+        self.logprobs = logprobs
+        self.scope = scope
         self.completion_tokens = 0
         self.finish_reason: str | None = None
+        self.error: str | None = None  # why it ended early, if something went wrong
         self.text = ""
         self.created = time.perf_counter()
         self.first_token_at: float | None = None
@@ -119,20 +151,33 @@ class Generation:
         self._n_past = 0
         self._tokens = list(prompt_tokens)  # the sequence so far; the first _n_past are cached
         self._waiting_for: tuple[Generation, int] | None = None  # (donor, prefix) to copy
+        self._fork_of: Generation | None = None  # shares this one's prompt, whatever the cache
         self.cached_tokens = 0  # prompt tokens taken from the cache instead of prefilled
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._held = ""  # decoded text held back because it may start a stop sequence
         self._delta = ""  # text produced since the last take_delta()
+        self._entries: list[TokenLogprob] = []  # log-probabilities since the last take_logprobs()
         self._sampler: ctypes.c_void_p | None = None
+        self._grammar: ctypes.c_void_p | None = None
 
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
 
+    @property
+    def queued(self) -> bool:
+        """Waiting for a free KV slot."""
+        return self.seq_id < 0 and not self.finished
+
     def take_delta(self) -> str:
         """Return the text produced since the last call (never a split UTF-8 character)."""
         delta, self._delta = self._delta, ""
         return delta
+
+    def take_logprobs(self) -> list[TokenLogprob]:
+        """Return the log-probabilities of the tokens sampled since the last call."""
+        entries, self._entries = self._entries, []
+        return entries
 
     @property
     def ttft_ms(self) -> float | None:
@@ -215,6 +260,11 @@ class LlamaEngine:
     """A loaded GGUF model with a KV cache shared by up to ``max_sequences`` generations."""
 
     def __init__(self, config: EngineConfig) -> None:
+        if config.prefix_cache not in CACHE_SCOPES:
+            raise ValueError(
+                f"prefix_cache must be one of {', '.join(CACHE_SCOPES)}; "
+                f"got {config.prefix_cache!r}"
+            )
         self.config = config
         llama_cpp.llama_backend_init()
         model_params = llama_cpp.llama_model_default_params()
@@ -237,15 +287,11 @@ class LlamaEngine:
             self._tensor_split = (ctypes.c_float * n_max)(*config.tensor_split)
             model_params.tensor_split = self._tensor_split
         model_params.use_mmap = True  # workers share the weights' pages
-        global _captured
-        _captured = []
-        try:
+        with _capture_log() as log:
             self.model = llama_cpp.llama_model_load_from_file(
                 os.fsencode(config.model_path), model_params
             )
-            self.layers_by_device = _layers_by_device(_captured)
-        finally:
-            _captured = None
+        self.layers_by_device = _layers_by_device(log)
         if not self.model:
             raise RuntimeError(f"llama.cpp could not load the model file {config.model_path}")
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
@@ -273,10 +319,35 @@ class LlamaEngine:
         self.memory = llama_cpp.llama_get_memory(self.ctx)
         self._batch = llama_cpp.llama_batch_init(config.n_batch, 0, 1)
         self._free_ids = list(range(config.max_sequences))
-        # Tokens whose cache a free slot still holds (left by its last generation).
-        self._slot_tokens: dict[int, list[int]] = {}
+        # Tokens whose cache a free slot still holds (left by its last generation), and whose.
+        self._slot_tokens: dict[int, tuple[list[int], str | None]] = {}
         self.active: list[Generation] = []
+        self.queue: list[Generation] = []  # waiting for a free slot, first come first served
         self._piece = ctypes.create_string_buffer(256)
+        self._pieces: dict[int, bytes] = {}
+        self.eog_tokens = tuple(
+            t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self.vocab, t)
+        )
+        # The longest text a token stands for: a text longer than n_ctx times this cannot fit.
+        self.max_token_chars = max(
+            (len(self._piece_bytes(t)) for t in range(self.n_vocab)), default=1
+        )
+        # A candidate array for sampling by hand (grammars), reused by every generation.
+        self._ids = np.arange(self.n_vocab, dtype=np.int32)
+        self._cand = np.zeros(self.n_vocab, dtype=TOKEN_DATA)
+        self._cand_array = llama_cpp.llama_token_data_array(
+            data=self._cand.ctypes.data_as(llama_cpp.llama_token_data_p),
+            size=self.n_vocab,
+            selected=-1,
+            sorted=False,
+        )
+        self._one = np.zeros(1, dtype=TOKEN_DATA)
+        self._one_array = llama_cpp.llama_token_data_array(
+            data=self._one.ctypes.data_as(llama_cpp.llama_token_data_p),
+            size=1,
+            selected=-1,
+            sorted=False,
+        )
 
     # -- model facts -------------------------------------------------------------------------
 
@@ -318,32 +389,57 @@ class LlamaEngine:
             "n_ctx": self.n_ctx_seq,
             "max_sequences": self.config.max_sequences,
             "n_threads": self.config.n_threads,
+            "prefix_cache": self.config.prefix_cache,
         }
+
+    def slots(self) -> dict[str, int]:
+        """KV slots in use and requests waiting for one."""
+        total = self.config.max_sequences
+        return {"total": total, "busy": total - len(self._free_ids), "queued": len(self.queue)}
 
     # -- tokens ----------------------------------------------------------------------------
 
-    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
-        """Tokens of text; special tokens written in the text (chat markup) are parsed."""
+    def tokenize(
+        self, text: str, add_special: bool = True, parse_special: bool = True
+    ) -> list[int]:
+        """Tokens of text; ``parse_special``: special tokens written in the text become tokens."""
         data = text.encode("utf-8")
         n_max = len(data) + 8
         tokens = (llama_cpp.llama_token * n_max)()
-        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), tokens, n_max, add_special, True)
+        n = llama_cpp.llama_tokenize(
+            self.vocab, data, len(data), tokens, n_max, add_special, parse_special
+        )
         if n < 0:  # buffer too small: -n is the size needed
             n_max = -n
             tokens = (llama_cpp.llama_token * n_max)()
             n = llama_cpp.llama_tokenize(
-                self.vocab, data, len(data), tokens, n_max, add_special, True
+                self.vocab, data, len(data), tokens, n_max, add_special, parse_special
             )
         return list(tokens[:n])
 
-    def _piece_bytes(self, token: int) -> bytes:
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        """The text of tokens, special tokens written out."""
+        return b"".join(self.piece(t, special=True) for t in tokens).decode(
+            "utf-8", errors="replace"
+        )
+
+    def piece(self, token: int, special: bool = False) -> bytes:
+        """The bytes a token stands for (a special token's text only with ``special``)."""
+        if special:
+            return self._piece_bytes(token, True)
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = self._piece_bytes(token)
+        return piece
+
+    def _piece_bytes(self, token: int, special: bool = False) -> bytes:
         n = llama_cpp.llama_token_to_piece(
-            self.vocab, token, self._piece, len(self._piece), 0, False
+            self.vocab, token, self._piece, len(self._piece), 0, special
         )
         if n < 0:
             self._piece = ctypes.create_string_buffer(-n)
             n = llama_cpp.llama_token_to_piece(
-                self.vocab, token, self._piece, len(self._piece), 0, False
+                self.vocab, token, self._piece, len(self._piece), 0, special
             )
         return self._piece.raw[:n]
 
@@ -353,8 +449,25 @@ class LlamaEngine:
     def free_slots(self) -> int:
         return len(self._free_ids)
 
-    def start(self, prompt_tokens: list[int], params: SamplingParams) -> Generation:
-        """Reserve a sequence for a prompt; it is prefilled by the next steps."""
+    def check_grammar(self, grammar: str) -> None:
+        """Raise GrammarError if llama.cpp cannot parse ``grammar`` (GBNF, root rule ``root``)."""
+        self._free_sampler(self._grammar_sampler(grammar))
+
+    def start(
+        self,
+        prompt_tokens: list[int],
+        params: Sampling,
+        *,
+        grammar: str | None = None,
+        logprobs: int | None = None,
+        scope: str | None = None,
+        fork_of: Generation | None = None,
+    ) -> Generation:
+        """Take a prompt; it is prefilled by the next steps, or waits for a free slot.
+
+        ``fork_of``: another answer to the same prompt, whose prefill this one copies whatever
+        the prefix cache allows. Raises ContextOverflow or GrammarError before anything is held.
+        """
         if not prompt_tokens:
             raise ContextOverflow("The prompt is empty after tokenization.")
         if len(prompt_tokens) >= self.n_ctx_seq:
@@ -362,44 +475,73 @@ class LlamaEngine:
                 f"The prompt is {len(prompt_tokens)} tokens long; this model's context window "
                 f"is {self.n_ctx_seq} tokens, and at least one must be left for the answer."
             )
-        if not self._free_ids:
-            raise RuntimeError("no free sequence slot")
+        gen = Generation(prompt_tokens, params, grammar=grammar, logprobs=logprobs, scope=scope)
+        gen._fork_of = fork_of
+        gen._sampler = self._make_sampler(params)
+        if grammar is not None:
+            try:
+                gen._grammar = self._grammar_sampler(grammar)
+            except GrammarError:
+                self._free_sampler(gen._sampler)
+                raise
+        if self._free_ids and not self.queue:
+            self._take_slot(gen)
+        else:
+            self.queue.append(gen)
+        return gen
+
+    def _take_slot(self, gen: Generation) -> None:
         # The lowest free slot: scattered KV sequences measured ~1.4x slower per batch step.
         slot = min(self._free_ids)
         self._free_ids.remove(slot)
-        gen = Generation(slot, prompt_tokens, params)
-        gen._sampler = self._make_sampler(params)
+        gen.seq_id = slot
         self._reuse_prefix(gen)
         self.active.append(gen)
-        return gen
+
+    def _may_share(self, gen: Generation, scope: str | None) -> bool:
+        """Whether ``gen`` may reuse a cache computed for a request of ``scope``."""
+        mode = self.config.prefix_cache
+        if mode == CACHE_SHARED:
+            return True
+        return mode == CACHE_PER_USER and gen.scope is not None and gen.scope == scope
 
     def _reuse_prefix(self, gen: Generation) -> None:
         """Give ``gen`` the longest cached beginning of its prompt, or have it wait for one.
 
         Sources: free slots' leftover caches (this slot's own included) and running sequences'
-        caches; a running sequence still prefilling the same beginning is waited for.
+        caches, as far as the cache's scope allows; a running sequence still prefilling the same
+        beginning is waited for. A fork waits for the answer it forks whatever the scope.
         """
         prompt = gen.prompt_tokens
         limit = len(prompt) - 1  # the last prompt token is decoded to get the first logits
+        fork = gen._fork_of
+        if fork is not None and fork in self.active and fork._waiting_for is None:
+            if fork._n_past >= limit:
+                self._copy_prefix(gen, fork.seq_id, limit)
+            else:
+                gen._waiting_for = (fork, limit)
+                self._slot_tokens.pop(gen.seq_id, None)
+            return
         best, source = 0, -1
-        if self.config.prefix_cache:
-            for slot, tokens in self._slot_tokens.items():
-                if (n := _common_prefix(prompt, tokens, limit)) > best:
-                    best, source = n, slot
-            for other in self.active:
-                cached = other._tokens[: other._n_past]
-                if (n := _common_prefix(prompt, cached, limit)) > best:
-                    best, source = n, other.seq_id
-            donor = None
-            for other in self.active:
-                if other._waiting_for is None:
-                    n = _common_prefix(prompt, other._tokens, limit)
-                    if n >= MIN_SHARED_PREFIX and n > best + MIN_SHARED_PREFIX:
-                        best, donor = n, other
-            if donor is not None:
-                gen._waiting_for = (donor, best)
-                self._slot_tokens.pop(gen.seq_id, None)  # this slot's old cache is not a source
-                return
+        for slot, (tokens, scope) in self._slot_tokens.items():
+            if self._may_share(gen, scope) and (n := _common_prefix(prompt, tokens, limit)) > best:
+                best, source = n, slot
+        donor = None
+        for other in self.active:
+            if not self._may_share(gen, other.scope):
+                continue
+            cached = other._tokens[: other._n_past]
+            if (n := _common_prefix(prompt, cached, limit)) > best:
+                best, source = n, other.seq_id
+        for other in self.active:
+            if other._waiting_for is None and self._may_share(gen, other.scope):
+                n = _common_prefix(prompt, other._tokens, limit)
+                if n >= MIN_SHARED_PREFIX and n > best + MIN_SHARED_PREFIX:
+                    best, donor = n, other
+        if donor is not None:
+            gen._waiting_for = (donor, best)
+            self._slot_tokens.pop(gen.seq_id, None)  # this slot's old cache is not a source
+            return
         self._copy_prefix(gen, source, best if best >= MIN_SHARED_PREFIX else 0)
 
     def _copy_prefix(self, gen: Generation, source: int, n: int) -> None:
@@ -431,6 +573,7 @@ class LlamaEngine:
                 self._copy_prefix(gen, donor.seq_id, n)
             elif donor not in self.active:  # it ended early: look again
                 gen._waiting_for = None
+                gen._fork_of = None
                 self._reuse_prefix(gen)
 
     def cancel(self, gen: Generation) -> None:
@@ -470,6 +613,8 @@ class LlamaEngine:
             if not gen._pending:
                 batch.logits[n - 1] = True
                 sample_at.append((gen, n - 1))
+        if n == 0:
+            return []
         batch.n_tokens = n
         status = llama_cpp.llama_decode(self.ctx, batch)
         if status != 0:
@@ -477,6 +622,7 @@ class LlamaEngine:
             logger.error("llama_decode returned %s with %s active sequences", status, n)
             changed = list(self.active)
             for gen in changed:
+                gen.error = f"llama_decode failed ({status})"
                 gen._finish(LENGTH)
                 gen._n_past = 0  # what the cache holds is unknown now: keep none of it
                 self._release(gen)
@@ -485,14 +631,23 @@ class LlamaEngine:
         changed = []
         now = time.perf_counter()
         for gen, index in sample_at:
-            token = llama_cpp.llama_sampler_sample(gen._sampler, self.ctx, index)
+            try:
+                token = self._sample(gen, index)
+            except Exception as exc:  # one answer's sampling problem ends that answer only
+                logger.exception("sampling failed for sequence %s", gen.seq_id)
+                gen.error = f"sampling failed: {exc}"
+                gen._finish(STOP)
+                changed.append(gen)
+                continue
             if gen.first_token_at is None:
                 gen.first_token_at = now
-            if llama_cpp.llama_vocab_is_eog(self.vocab, token):
+            if token is None:  # the grammar allows nothing more
+                gen._finish(STOP)
+            elif llama_cpp.llama_vocab_is_eog(self.vocab, token):
                 gen._finish(STOP)
             else:
                 gen.completion_tokens += 1
-                gen._emit(gen._decoder.decode(self._piece_bytes(token)), final=False)
+                gen._emit(gen._decoder.decode(self.piece(token)), final=False)
                 limit = gen.params.max_tokens
                 if gen.finished:
                     gen._finish(STOP)
@@ -514,33 +669,151 @@ class LlamaEngine:
         while any(not g.finished for g in gens):
             yield self.step()
 
+    # -- sampling ----------------------------------------------------------------------------
+
+    def _sample(self, gen: Generation, index: int) -> int | None:
+        """Pick ``gen``'s next token from the logits at batch ``index`` (None: none allowed)."""
+        if gen._grammar is None:
+            token: int | None = int(llama_cpp.llama_sampler_sample(gen._sampler, self.ctx, index))
+        else:
+            token = self._sample_with_grammar(gen, index)
+        if token is not None and gen.logprobs is not None:
+            # Sampling reads the logits without changing them: these are the model's own.
+            logits = np.ctypeslib.as_array(
+                llama_cpp.llama_get_logits_ith(self.ctx, index), shape=(self.n_vocab,)
+            )
+            gen._entries.append(self._logprob_entry(logits, token, gen.logprobs))
+        return token
+
+    def _logprob_entry(self, logits: np.ndarray, token: int, top: int) -> TokenLogprob:
+        """The log-probability of ``token`` and of the ``top`` likeliest tokens."""
+        x = logits.astype(np.float64)
+        biggest = x.max()
+        logprobs = x - (biggest + math.log(float(np.exp(x - biggest).sum())))
+        alternatives: tuple[tuple[int, bytes, float], ...] = ()
+        if top > 0:
+            ids = np.argpartition(-logprobs, top)[:top]
+            ids = ids[np.argsort(-logprobs[ids], kind="stable")]
+            alternatives = tuple((int(t), self.piece(int(t)), float(logprobs[t])) for t in ids)
+        return TokenLogprob(token, self.piece(token), float(logprobs[token]), alternatives)
+
+    def _sample_with_grammar(self, gen: Generation, index: int) -> int | None:
+        """Sample under a grammar without ever accepting a token it forbids.
+
+        As llama.cpp's own server does: sample freely, and only if the grammar rejects that token
+        apply the grammar to every candidate and sample again. A grammar that allows nothing
+        more (or forbids the end of text before it is complete) ends the answer.
+        """
+        logits = np.ctypeslib.as_array(
+            llama_cpp.llama_get_logits_ith(self.ctx, index), shape=(self.n_vocab,)
+        )
+        assert gen._sampler is not None and gen._grammar is not None
+        token = self._apply_chain(gen._sampler, logits)
+        if not self._grammar_allows(gen._grammar, token, logits[token]):
+            cand = self._reset_candidates(logits)
+            llama_cpp.llama_sampler_apply(gen._grammar, ctypes.byref(self._cand_array))
+            if not np.isfinite(cand["logit"]).any():
+                return None
+            llama_cpp.llama_sampler_apply(gen._sampler, ctypes.byref(self._cand_array))
+            token = int(cand["id"][self._cand_array.selected])
+        llama_cpp.llama_sampler_accept(gen._grammar, token)
+        llama_cpp.llama_sampler_accept(gen._sampler, token)
+        return token
+
+    def _reset_candidates(self, logits: np.ndarray) -> np.ndarray:
+        cand = self._cand
+        cand["id"] = self._ids
+        cand["logit"] = logits
+        cand["p"] = 0.0
+        arr = self._cand_array
+        arr.size = self.n_vocab
+        arr.selected = -1
+        arr.sorted = False
+        return cand
+
+    def _apply_chain(self, sampler: ctypes.c_void_p, logits: np.ndarray) -> int:
+        cand = self._reset_candidates(logits)
+        llama_cpp.llama_sampler_apply(sampler, ctypes.byref(self._cand_array))
+        return int(cand["id"][self._cand_array.selected])
+
+    def _grammar_allows(self, grammar: ctypes.c_void_p, token: int, logit: float) -> bool:
+        one = self._one
+        one["id"] = token
+        one["logit"] = logit if np.isfinite(logit) else 0.0
+        one["p"] = 0.0
+        self._one_array.size = 1
+        self._one_array.selected = -1
+        self._one_array.sorted = False
+        llama_cpp.llama_sampler_apply(grammar, ctypes.byref(self._one_array))
+        return bool(np.isfinite(one["logit"][0]))
+
+    def _grammar_sampler(self, grammar: str) -> ctypes.c_void_p:
+        with _capture_log() as log:
+            sampler = llama_cpp.llama_sampler_init_grammar(
+                self.vocab, grammar.encode("utf-8"), b"root"
+            )
+        if sampler:
+            return cast(ctypes.c_void_p, sampler)
+        # llama.cpp's grammar parser writes why to stderr: parse again to read it.
+        with _capture_stderr() as err, _capture_log():
+            again = llama_cpp.llama_sampler_init_grammar(
+                self.vocab, grammar.encode("utf-8"), b"root"
+            )
+        self._free_sampler(again)
+        problems = [line.strip() for line in [*err, *log] if line.strip()]
+        problems = [p for p in problems if "failed to parse" not in p and p != grammar.strip()]
+        reason = problems[0] if problems else "it is not valid GBNF"
+        raise GrammarError(f"llama.cpp could not use the grammar: {reason[:300]}")
+
+    @staticmethod
+    def _free_sampler(sampler: ctypes.c_void_p | None) -> None:
+        if sampler:
+            llama_cpp.llama_sampler_free(sampler)
+
     def _release(self, gen: Generation) -> None:
+        if gen in self.queue:
+            self.queue.remove(gen)
         if gen in self.active:
             self.active.remove(gen)
             # The slot keeps its cache: a later prompt that begins the same way reuses it.
             cached = gen._tokens[: gen._n_past] if gen._waiting_for is None else []
-            if cached and self.config.prefix_cache:
-                self._slot_tokens[gen.seq_id] = cached
+            if cached and self.config.prefix_cache != CACHE_OFF:
+                self._slot_tokens[gen.seq_id] = (cached, gen.scope)
             else:
                 llama_cpp.llama_memory_seq_rm(self.memory, gen.seq_id, -1, -1)
+                self._slot_tokens.pop(gen.seq_id, None)
             self._free_ids.append(gen.seq_id)
-        if gen._sampler is not None:
-            llama_cpp.llama_sampler_free(gen._sampler)
-            gen._sampler = None
+        self._free_sampler(gen._sampler)
+        self._free_sampler(gen._grammar)
+        gen._sampler = gen._grammar = None
+        while self.queue and self._free_ids:
+            self._take_slot(self.queue.pop(0))
 
-    def _make_sampler(self, p: SamplingParams) -> ctypes.c_void_p:
+    def _make_sampler(self, p: Sampling) -> ctypes.c_void_p:
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         add = llama_cpp.llama_sampler_chain_add
-        if p.repeat_penalty != 1.0:
+        bias = list(p.logit_bias)
+        if p.ignore_eos:
+            bias += [(token, -math.inf) for token in self.eog_tokens]
+        if bias:
+            entries = (llama_cpp.llama_logit_bias * len(bias))(
+                *(llama_cpp.llama_logit_bias(token, value) for token, value in bias)
+            )
+            add(chain, llama_cpp.llama_sampler_init_logit_bias(self.n_vocab, len(bias), entries))
+        if p.repeat_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0:
             add(
                 chain,
                 llama_cpp.llama_sampler_init_penalties(
-                    self.n_vocab, 64, p.repeat_penalty, 0.0, 0.0
+                    self.n_vocab,
+                    p.repeat_last_n,
+                    p.repeat_penalty,
+                    p.frequency_penalty,
+                    p.presence_penalty,
                 ),
             )
         if p.temperature <= 0:
             add(chain, llama_cpp.llama_sampler_init_greedy())
-            return chain
+            return cast(ctypes.c_void_p, chain)
         if p.top_k > 0:
             add(chain, llama_cpp.llama_sampler_init_top_k(p.top_k))
         if p.top_p < 1.0:
@@ -548,11 +821,11 @@ class LlamaEngine:
         if p.min_p > 0.0:
             add(chain, llama_cpp.llama_sampler_init_min_p(p.min_p, 1))
         add(chain, llama_cpp.llama_sampler_init_temp(p.temperature))
-        add(chain, llama_cpp.llama_sampler_init_dist(p.seed & 0xFFFFFFFF))
-        return chain
+        add(chain, llama_cpp.llama_sampler_init_dist(sampler_seed(p.seed or 0)))
+        return cast(ctypes.c_void_p, chain)
 
     def close(self) -> None:
-        for gen in list(self.active):
+        for gen in list(self.active) + list(self.queue):
             self._release(gen)
         if self.ctx:
             llama_cpp.llama_batch_free(self._batch)
@@ -560,6 +833,34 @@ class LlamaEngine:
             llama_cpp.llama_model_free(self.model)
             self.ctx = None
             self.model = None
+
+
+@contextlib.contextmanager
+def _capture_stderr() -> Iterator[list[str]]:
+    """Collect what native code writes to file descriptor 2 while the block runs."""
+    lines: list[str] = []
+    with tempfile.TemporaryFile() as sink:
+        saved = os.dup(2)
+        try:
+            os.dup2(sink.fileno(), 2)
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines += sink.read().decode("utf-8", errors="replace").splitlines()
+
+
+@contextlib.contextmanager
+def _capture_log() -> Iterator[list[str]]:
+    """Collect llama.cpp's log lines while the block runs."""
+    global _captured
+    lines: list[str] = []
+    _captured = lines
+    try:
+        yield lines
+    finally:
+        _captured = None
 
 
 def _layers_by_device(log: Iterable[str]) -> dict[str, int]:

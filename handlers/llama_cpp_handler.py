@@ -3,8 +3,15 @@
 Routes (the part after /predictions/{model}/{version}/ arrives as the ``url_path`` header):
   v1/chat/completions   chat with the model's chat template, streamed as SSE or whole
   v1/completions        raw prompt completion
-  v1/models             the served model
+  v1/models             the served model, its engine and its KV slots
+  v1/tokenize           text or a chat (template applied) to tokens
+  v1/detokenize         tokens to text
   (none)                the original example's body {prompt, max_tokens, ...}, answered as text
+
+Every request field is validated by the contract module (``contract.parse``): it is honoured or
+refused with a 400 naming it. Structured answers (``response_format``, ``grammar``, forced tool
+calls) are sampled under a grammar in the request's own sampler, so requests with different
+schemas share one batch.
 
 Two batching modes, chosen by model-config.yaml:
 - dynamic (default): TorchServe collects up to batchSize requests within maxBatchDelay and hands
@@ -13,8 +20,9 @@ Two batching modes, chosen by model-config.yaml:
 - continuous (``continuousBatching: true``): TorchServe calls the handler once per decode step
   with every running request; a request that arrives while others generate joins at the next
   step, and one whose client went away is missing from the next call and is cancelled.
-Streamed requests receive each token as soon as it is decoded. Invalid requests get a 4xx with an
-OpenAI error body and cost the others nothing.
+Streamed requests receive each token as soon as it is decoded. A request's failure is its own:
+whatever it holds, it gets its own 4xx (or 500), never an exception that reaches the others, and
+the work it may cost before it is refused is bounded by the context window.
 """
 
 from __future__ import annotations
@@ -25,12 +33,16 @@ import logging
 import os
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
+import contract
 import engine
 import openai_protocol as api
-from engine import ContextOverflow, EngineConfig, Generation, LlamaEngine, SamplingParams
-from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+from chat_prompt import ChatPrompt
+from contract import CHAT, COMPLETION, DETOKENIZE, LEGACY, TOKENIZE, Request, RequestError
+from engine import ContextOverflow, EngineConfig, Generation, GrammarError, LlamaEngine
+from structured import ParsedCall, ToolCallReader, output_grammar, tool_call_grammar
 from ts.metrics.metric_cache_errors import MetricsCacheKeyError
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.protocol.otf_message_handler import create_predict_response
@@ -44,17 +56,53 @@ TEXT_TYPE = "text/plain; charset=utf-8"
 
 
 @dataclasses.dataclass
+class Answer:
+    """One choice of a request: its generation and what has been written of it."""
+
+    index: int
+    gen: Generation
+    reader: ToolCallReader | None = None  # when tools may be called
+    echo: str = ""  # text shown before the answer (completions' echo, the original body)
+    offset: int = 0  # characters written so far, for completions' text_offset
+    content: str = ""  # the text outside tool calls
+    calls: list[ParsedCall] = dataclasses.field(default_factory=list)
+    entries: list[api.Entry] = dataclasses.field(default_factory=list)
+    done: bool = False  # its last chunk has been written
+
+
+@dataclasses.dataclass
 class Job:
     """One request of the batch and what has been sent for it."""
 
     idx: int
-    request: api.ParsedRequest
-    gen: Generation
+    request: Request
+    answers: list[Answer]
+    prompt_tokens: int
     response_id: str
     created: int
     closed: bool = False  # its HTTP response has been completed
     body: bytes = b""  # what is still to be sent
     started: bool = False  # its HTTP headers have gone out (a stream is open)
+    ended: bool = False  # the stream's last events (usage, [DONE]) have been written
+    failed: bool = False  # answering it raised: it was ended with an error of its own
+
+    @property
+    def finished(self) -> bool:
+        return self.failed or all(a.gen.finished for a in self.answers)
+
+    @property
+    def plain_text(self) -> bool:
+        """The original body, one answer, no logprobs: answered as plain text, as it always was.
+
+        With logprobs or several answers it is answered as v1/completions is, prompt included.
+        """
+        request = self.request
+        return request.endpoint == LEGACY and request.logprobs is None and len(self.answers) == 1
+
+    @property
+    def wire_endpoint(self) -> str:
+        """The format of the answer: the original body with logprobs is a completion."""
+        return COMPLETION if self.request.endpoint == LEGACY else self.request.endpoint
 
 
 class LlamaCppHandler:
@@ -84,6 +132,9 @@ class LlamaCppHandler:
         gpu_id = props.get("gpu_id")
         rpc_servers = tuple(str(server) for server in config.get("rpc_servers") or ())
         one_gpu = gpu_id is not None and int(gpu_id) >= 0 and not rpc_servers
+        prefix_cache = config.get("prefix_cache", engine.CACHE_SHARED)
+        if isinstance(prefix_cache, bool):  # the earlier true/false form
+            prefix_cache = engine.CACHE_SHARED if prefix_cache else engine.CACHE_OFF
         self.engine = LlamaEngine(
             EngineConfig(
                 model_path=model_path,
@@ -99,7 +150,7 @@ class LlamaCppHandler:
                 split_mode=str(config.get("split_mode", "none" if one_gpu else "layer")),
                 tensor_split=tuple(float(x) for x in config.get("tensor_split") or ()),
                 kv_unified=bool(config.get("kv_unified", False)),
-                prefix_cache=bool(config.get("prefix_cache", True)),
+                prefix_cache=str(prefix_cache),
             )
         )
         template = config.get("chat_template") or self.engine.metadata("tokenizer.chat_template")
@@ -107,11 +158,18 @@ class LlamaCppHandler:
             raise ValueError(
                 "The GGUF file has no chat template; set handler.chat_template in model-config.yaml"
             )
-        self.formatter = Jinja2ChatFormatter(
-            template=template,
-            eos_token=self.engine.eos_token,
+        self.prompt = ChatPrompt(
+            template,
             bos_token=self.engine.bos_token,
-            add_generation_prompt=True,
+            eos_token=self.engine.eos_token,
+            tokenize=self.engine.tokenize,
+        )
+        self.limits = contract.Limits(
+            n_ctx=self.engine.n_ctx_seq,
+            n_vocab=self.engine.n_vocab,
+            max_sequences=self.engine.config.max_sequences,
+            max_text_chars=self.engine.n_ctx_seq * self.engine.max_token_chars,
+            model=self.model_name,
         )
         seed = config.get("seed")
         # Requests without a seed draw one from this generator: replies vary, runs are repeatable.
@@ -129,38 +187,45 @@ class LlamaCppHandler:
             return self._handle_step(data, context)
         return self._handle_batch(data, context)
 
+    def _admit(self, idx: int, row: dict[str, Any], context: Any, results: list[Any]) -> Job | None:
+        """Start a request, or answer it at once (refused, or a route without decoding)."""
+        try:
+            started = self._start(idx, row, context)
+        except RequestError as err:
+            self._reply_error(context, idx, err, results)
+            return None
+        except Exception as exc:  # a bug must cost this request only
+            logger.exception("Request %s failed while starting", context.get_request_id(idx))
+            failure = RequestError(f"The server could not start this request: {exc}", status=500)
+            self._reply_error(context, idx, failure, results)
+            return None
+        if isinstance(started, bytes):
+            results[idx] = started
+            context.set_response_content_type(idx, JSON_TYPE)
+            return None
+        return started
+
     def _handle_batch(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
         """Dynamic batching: decode the whole batch to the end, streaming as tokens come."""
         assert self.engine is not None
         results: list[Any] = [b""] * len(data)
-        jobs: list[Job] = []
-        for idx, row in enumerate(data):
-            try:
-                job = self._start(idx, row, context)
-            except api.RequestError as err:
-                self._reply_error(context, idx, err, results)
-                continue
-            if job is None:  # answered at once (v1/models)
-                results[idx] = self._models_body()
-                context.set_response_content_type(idx, JSON_TYPE)
-                continue
-            jobs.append(job)
-
+        jobs = [
+            job for idx, row in enumerate(data) if (job := self._admit(idx, row, context, results))
+        ]
         try:
             self._run(jobs, context)
         finally:
             for job in jobs:
-                if not job.gen.finished:
-                    self.engine.cancel(job.gen)
+                self._cancel(job)
             context.stopping_criteria = None
 
         for job in jobs:
-            self._metrics.record(job.gen)
+            self._record(job)
             if job.closed:
                 # Already completed on the wire: leave it out of TorchServe's final message.
                 context.request_ids.pop(job.idx, None)
             else:
-                results[job.idx] = job.body if job.request.stream else self._whole(job)
+                results[job.idx] = self._final(job, context)
         return results
 
     def _handle_step(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
@@ -169,26 +234,19 @@ class LlamaCppHandler:
         ids = [context.request_ids[idx] for idx in range(len(data))]
         for request_id in set(self.running) - set(ids):
             # TorchServe drops a request whose client disconnected: stop spending compute on it.
-            job = self.running.pop(request_id)
+            gone = self.running.pop(request_id)
             logger.info("Request %s left (client gone); cancelling it", request_id)
-            self.engine.cancel(job.gen)
-            self._metrics.record(job.gen)
+            self._cancel(gone)
+            self._record(gone)
         results: list[Any] = [b""] * len(data)
         stream_next: dict[int, bool | None] = {}
         for idx, row in enumerate(data):
             if ids[idx] in self.running:
                 continue
             stream_next[idx] = None  # answered now, in one piece
-            try:
-                job = self._start(idx, row, context)
-            except api.RequestError as err:
-                self._reply_error(context, idx, err, results)
-                continue
-            if job is None:
-                results[idx] = self._models_body()
-                context.set_response_content_type(idx, JSON_TYPE)
-                continue
-            self.running[ids[idx]] = job
+            admitted = self._admit(idx, row, context, results)
+            if admitted is not None:
+                self.running[ids[idx]] = admitted
         if self.engine.active:
             self.engine.step()
         for idx, request_id in enumerate(ids):
@@ -197,16 +255,17 @@ class LlamaCppHandler:
                 continue
             job.idx = idx
             self._set_content_type(context, job)
-            if job.request.stream:
-                job.body += self._stream_bytes(job)
-            if not job.gen.finished:
+            if job.request.stream and not job.failed:
+                written = self._try(job, context, self._stream_bytes)  # may replace job.body
+                job.body += written
+            if not job.finished:
                 results[idx], job.body = job.body, b""
                 stream_next[idx] = True  # keeps the HTTP response open
                 job.started = True
                 continue
             del self.running[request_id]
-            self._metrics.record(job.gen)
-            results[idx] = job.body if job.request.stream else self._whole(job)
+            self._record(job)
+            results[idx] = self._final(job, context)
             stream_next[idx] = False if job.started else None
         # TorchServe reads ts_stream_next per request from these (None: a plain, whole response).
         context.stopping_criteria = {
@@ -215,56 +274,170 @@ class LlamaCppHandler:
         }
         return results
 
-    def _models_body(self) -> bytes:
-        return json.dumps(api.model_list(self.model_name, "tschat", self.info)).encode()
+    def _try(self, job: Job, context: Any, write: Callable[[Job], bytes]) -> bytes:
+        """What ``write`` makes of a job; if it raises, the job ends with an error of its own."""
+        try:
+            return write(job)
+        except Exception as exc:  # a bug must cost this request only
+            logger.exception("Request %s failed while answering", context.request_ids.get(job.idx))
+            self._cancel(job)
+            job.failed = job.ended = True
+            err = RequestError(f"The server failed while answering: {exc}", status=500)
+            if job.started and job.request.stream:  # the stream is open: an error event ends it
+                job.body += b"" if job.plain_text else api.sse(err.body()) + api.sse("[DONE]")
+                return b""
+            if not job.started:  # else the status went out with the headers
+                context.set_response_status(500, "", job.idx)
+                context.set_response_content_type(job.idx, JSON_TYPE)
+            job.body = json.dumps(err.body()).encode("utf-8")
+            return b""
+
+    def _final(self, job: Job, context: Any) -> bytes:
+        """The job's last bytes: the end of its stream or its whole answer (or its error)."""
+        body = self._try(job, context, lambda job: self._final_body(job, context))
+        return job.body if job.failed else body
+
+    def _cancel(self, job: Job) -> None:
+        assert self.engine is not None
+        for answer in job.answers:
+            if not answer.gen.finished:
+                self.engine.cancel(answer.gen)
+
+    def _record(self, job: Job) -> None:
+        for answer in job.answers:
+            self._metrics.record(answer.gen)
 
     def _set_content_type(self, context: Any, job: Job) -> None:
         if job.request.stream:
-            context.set_response_content_type(job.idx, SSE_TYPE)
+            context.set_response_content_type(job.idx, TEXT_TYPE if job.plain_text else SSE_TYPE)
             context.set_response_header(job.idx, "Cache-Control", "no-cache")
-        elif job.request.endpoint == api.LEGACY:
+        elif job.plain_text:
             context.set_response_content_type(job.idx, TEXT_TYPE)
         else:
             context.set_response_content_type(job.idx, JSON_TYPE)
 
-    def _start(self, idx: int, row: dict[str, Any], context: Any) -> Job | None:
+    # -- starting a request ----------------------------------------------------------------
+
+    def _start(self, idx: int, row: dict[str, Any], context: Any) -> Job | bytes:
+        """Parse and start one request; bytes: it is answered at once."""
         assert self.engine is not None
         endpoint = api.route(context.get_request_header(idx, "url_path"))
         if endpoint == api.MODELS:
-            return None
+            meta = {**self.info, "slots": self.engine.slots()}
+            return json.dumps(api.model_list(self.model_name, "tschat", meta)).encode()
         body = row.get("body")
         if body is None:
             body = row.get("data")
-        request = api.parse(endpoint, api.decode_body(body))
-        if endpoint == api.CHAT:
-            formatted = self.formatter(messages=[dict(m) for m in request.messages])
-            tokens = self.engine.tokenize(formatted.prompt, add_special=not formatted.added_special)
-        else:
-            tokens = self.engine.tokenize(request.prompt, add_special=True)
-        s = request.sampling
-        params = SamplingParams(
-            max_tokens=s.max_tokens,
-            temperature=s.temperature,
-            top_p=s.top_p,
-            top_k=s.top_k,
-            min_p=s.min_p,
-            repeat_penalty=s.repeat_penalty,
-            seed=s.seed if s.seed is not None else self._seeds.getrandbits(32),
-            stop=s.stop,
-        )
+        request = contract.parse(endpoint, contract.decode_body(body), self.limits)
+        if endpoint in (TOKENIZE, DETOKENIZE):
+            return json.dumps(self._tokens_answer(request), ensure_ascii=False).encode()
+
+        grammar, grammar_param = self._grammar(request)
+        prompts = self._prompt_tokens(request)
+        seed = request.sampling.seed
+        if seed is None:
+            seed = self._seeds.getrandbits(32)
+        scope = request.user if self.engine.config.prefix_cache == engine.CACHE_PER_USER else None
+        answers: list[Answer] = []
         try:
-            gen = self.engine.start(tokens, params)
-        except ContextOverflow as exc:
-            raise api.RequestError(
+            for tokens, echo in prompts:
+                first: Generation | None = None
+                for _ in range(request.n):
+                    # Each answer of n samples with its own seed: the same request repeats.
+                    sampling = dataclasses.replace(request.sampling, seed=seed + len(answers))
+                    gen = self.engine.start(
+                        tokens,
+                        sampling,
+                        grammar=grammar,
+                        logprobs=request.logprobs,
+                        scope=scope,
+                        fork_of=first,
+                    )
+                    first = first or gen
+                    answers.append(Answer(len(answers), gen, self._reader(request), echo))
+        except (ContextOverflow, GrammarError) as exc:
+            for answer in answers:
+                self.engine.cancel(answer.gen)
+            if isinstance(exc, GrammarError):
+                raise RequestError(str(exc), grammar_param) from None
+            raise RequestError(
                 str(exc),
-                "messages" if endpoint == api.CHAT else "prompt",
+                "messages" if endpoint == CHAT else "prompt",
                 code="context_length_exceeded",
             ) from None
-        job = Job(idx, request, gen, api.new_id(endpoint), int(time.time()))
+        except BaseException:
+            for answer in answers:
+                self.engine.cancel(answer.gen)
+            raise
+        job = Job(
+            idx,
+            request,
+            answers,
+            sum(len(tokens) for tokens, _ in prompts),
+            api.new_id(endpoint),
+            int(time.time()),
+        )
         self._set_content_type(context, job)
         if request.stream:
-            job.body = api.sse(self._chunk(job, "", first=True))
+            job.body = self._opening_bytes(job)
         return job
+
+    def _grammar(self, request: Request) -> tuple[str | None, str]:
+        """The grammar the answer must follow, and the field that asked for it."""
+        choice = request.tool_choice
+        if choice.mode == "required":
+            return tool_call_grammar(request.tools, choice, request.parallel_tool_calls), "tools"
+        param = "grammar" if request.output.kind == "grammar" else "response_format"
+        return output_grammar(request.output, param), param
+
+    def _reader(self, request: Request) -> ToolCallReader | None:
+        choice = request.tool_choice
+        if choice.mode == "none":
+            return None
+        return ToolCallReader(choice.names, request.parallel_tool_calls)
+
+    def _prompt_tokens(self, request: Request) -> list[tuple[list[int], str]]:
+        """Each prompt's tokens and the text echoed before its answers."""
+        assert self.engine is not None
+        if request.endpoint == CHAT:
+            return [(self.prompt.tokens(request), "")]
+        out = []
+        for prompt in request.prompts:
+            if isinstance(prompt, str):
+                # A raw prompt is the client's whole input, markup included (as llama-server
+                # reads it).
+                tokens = self.engine.tokenize(prompt, add_special=True, parse_special=True)
+                text = prompt
+            else:
+                tokens = list(prompt)
+                text = self.engine.detokenize(tokens)
+            echo = text if request.echo or request.endpoint == LEGACY else ""
+            out.append((tokens, echo))
+        return out
+
+    def _tokens_answer(self, request: Request) -> dict[str, Any]:
+        assert self.engine is not None
+        if request.endpoint == DETOKENIZE:
+            return {"content": self.engine.detokenize(request.tokens)}
+        if request.content is not None:
+            tokens = self.engine.tokenize(
+                request.content, request.add_special, request.parse_special
+            )
+        else:
+            tokens = self.prompt.tokens(request)
+        answer: dict[str, Any] = {
+            "tokens": tokens,
+            "count": len(tokens),
+            "n_ctx": self.engine.n_ctx_seq,
+        }
+        if request.with_pieces:
+            answer["tokens"] = [
+                {"id": t, "piece": self.engine.piece(t, special=True).decode("utf-8", "replace")}
+                for t in tokens
+            ]
+        return answer
+
+    # -- decoding --------------------------------------------------------------------------
 
     def _run(self, jobs: list[Job], context: Any) -> None:
         """Decode all jobs together, sending each streamed token as soon as it exists."""
@@ -273,17 +446,17 @@ class LlamaCppHandler:
         if streams:
             # Send the headers and the role chunk now: clients see the stream open before prefill.
             self._send(context, streams, closing=set())
-        by_gen = {id(j.gen): j for j in jobs}
-        for changed in self.engine.generate([j.gen for j in jobs]):
-            for gen in changed:
-                job = by_gen[id(gen)]
-                if job.request.stream:
-                    job.body += self._stream_bytes(job)
+        gens = [a.gen for j in jobs for a in j.answers]
+        for _ in self.engine.generate(gens):
+            for job in streams:
+                if not job.closed and not job.failed:
+                    written = self._try(job, context, self._stream_bytes)  # may replace job.body
+                    job.body += written
             open_streams = [j for j in streams if not j.closed]
-            running = [j for j in open_streams if not j.gen.finished]
+            running = [j for j in open_streams if not j.finished]
             if not running:
                 continue  # what is left goes out with the final message
-            closing = {j.idx for j in open_streams if j.gen.finished}
+            closing = {j.idx for j in open_streams if j.finished}
             ready = [j for j in open_streams if j.body or j.idx in closing]
             if not ready:
                 continue
@@ -302,72 +475,183 @@ class LlamaCppHandler:
         context.cl_socket.sendall(msg)
         for j in jobs:
             j.body = b""
+            j.started = True
             j.closed = j.idx in closing
 
-    def _stream_bytes(self, job: Job) -> bytes:
-        gen = job.gen
+    # -- writing answers -------------------------------------------------------------------
+
+    def _take(self, answer: Answer) -> tuple[str, list[ParsedCall], list[api.Entry]]:
+        """What an answer produced since the last look: text, completed tool calls, logprobs."""
+        assert self.engine is not None
+        gen = answer.gen
+        text = gen.take_delta()
+        entries: list[api.Entry] = [
+            (e.piece, e.logprob, [(piece, lp) for _, piece, lp in e.top])
+            for e in gen.take_logprobs()
+        ]
+        calls: list[ParsedCall] = []
+        if answer.reader is not None:
+            text, calls = answer.reader.feed(text)
+            if answer.reader.done and not gen.finished:
+                self.engine.cancel(gen)  # one call was asked for, and it is complete
+            if gen.finished:
+                text += answer.reader.finish()
+        answer.content += text
+        answer.calls += calls
+        answer.entries += entries
+        return text, calls, entries
+
+    def _finish_reason(self, answer: Answer) -> str:
+        if answer.calls:
+            return "tool_calls"
+        reason = answer.gen.finish_reason
+        return engine.STOP if reason in (None, engine.CANCELLED) else reason
+
+    def _opening_bytes(self, job: Job) -> bytes:
+        if job.plain_text:
+            return "".join(a.echo for a in job.answers[:1]).encode("utf-8")
         out = b""
-        delta = gen.take_delta()
-        if delta:
-            out += api.sse(self._chunk(job, delta))
-        if gen.finished:
-            final = self._chunk(job, None, finish_reason=_finish_reason(gen))
-            if job.request.include_usage:
-                final["usage"] = api.usage(
-                    len(gen.prompt_tokens), gen.completion_tokens, gen.cached_tokens
-                )
-                final["timings"] = _timings(gen)
-            out += api.sse(final) + api.sse("[DONE]")
+        for answer in job.answers:
+            if job.wire_endpoint == CHAT:
+                choice = api.chat_delta(answer.index, text="", first=True)
+            elif not answer.echo:
+                continue
+            else:
+                choice = api.text_delta(answer.index, answer.echo)
+                answer.offset = len(answer.echo)
+            out += api.sse(self._chunk(job, [choice]))
         return out
 
-    def _chunk(
-        self, job: Job, text: str | None, first: bool = False, finish_reason: str | None = None
-    ) -> dict[str, Any]:
+    def _stream_bytes(self, job: Job) -> bytes:
+        """The chunks of what each answer produced since the last call."""
+        out = b""
+        for answer in job.answers:
+            if answer.done:
+                continue
+            text, calls, entries = self._take(answer)
+            finished = answer.gen.finished
+            if answer.gen.error is not None and finished:
+                answer.done = True
+                if job.plain_text:
+                    continue
+                err = RequestError(f"The answer broke off: {answer.gen.error}", status=500)
+                out += api.sse(err.body())
+                continue
+            if job.plain_text:
+                out += text.encode("utf-8")
+                answer.done = finished
+                continue
+            if not (text or calls or entries or finished):
+                continue
+            reason = self._finish_reason(answer) if finished else None
+            if job.wire_endpoint == CHAT:
+                choice = api.chat_delta(
+                    answer.index,
+                    text=text if text or not calls else None,
+                    tool_calls=api.tool_calls_json(
+                        calls, len(answer.calls) - len(calls), stream=True
+                    ),
+                    logprobs=api.chat_logprobs(entries)
+                    if job.request.logprobs is not None
+                    else None,
+                    finish_reason=reason,
+                )
+            else:
+                logprobs = None
+                if job.request.logprobs is not None:
+                    logprobs = api.completion_logprobs(entries, answer.offset)
+                answer.offset += len(text)
+                choice = api.text_delta(answer.index, text, logprobs, reason)
+            out += api.sse(self._chunk(job, [choice]))
+            answer.done = finished
+        if job.finished and all(a.done for a in job.answers) and not job.ended:
+            job.ended = True
+            if job.plain_text:
+                return out
+            if job.request.include_usage:
+                final = self._chunk(job, [])
+                final["usage"] = self._usage(job)
+                final["timings"] = _timings(job.answers[0].gen)
+                out += api.sse(final)
+            out += api.sse("[DONE]")
+        return out
+
+    def _chunk(self, job: Job, choices: list[dict[str, Any]]) -> dict[str, Any]:
         return api.chunk(
-            job.request.endpoint,
+            job.wire_endpoint,
             job.response_id,
             job.created,
             self.model_name,
-            text,
-            finish_reason=finish_reason,
-            first=first,
+            choices,
+            obfuscate=job.request.obfuscate,
         )
 
-    def _whole(self, job: Job) -> bytes:
-        gen = job.gen
-        if job.request.endpoint == api.LEGACY:
+    def _usage(self, job: Job) -> dict[str, Any]:
+        gens = [a.gen for a in job.answers]
+        # The n answers of a prompt share it: it counts once, its cache once per prompt.
+        per_prompt = job.request.n
+        cached = sum(g.cached_tokens for g in gens[::per_prompt])
+        return api.usage(job.prompt_tokens, sum(g.completion_tokens for g in gens), cached)
+
+    def _final_body(self, job: Job, context: Any) -> bytes:
+        """What goes out with TorchServe's final message: the stream's end or the whole answer."""
+        if job.failed:
+            return job.body
+        if job.request.stream:
+            return job.body + self._stream_bytes(job) if not job.closed else b""
+        for answer in job.answers:
+            self._take(answer)
+        broken = [a.gen.error for a in job.answers if a.gen.error is not None]
+        if broken:
+            err = RequestError(f"The answer broke off: {broken[0]}", status=500)
+            context.set_response_status(500, "", job.idx)
+            context.set_response_content_type(job.idx, JSON_TYPE)
+            return json.dumps(err.body()).encode("utf-8")
+        if job.plain_text:
             # The original example answered with the prompt and its continuation as plain text.
-            return (job.request.prompt + gen.text).encode("utf-8")
+            return (job.answers[0].echo + job.answers[0].content).encode("utf-8")
+        choices = []
+        for answer in job.answers:
+            if job.wire_endpoint == CHAT:
+                logprobs = (
+                    api.chat_logprobs(answer.entries) if job.request.logprobs is not None else None
+                )
+                calls = api.tool_calls_json(answer.calls)
+                content = answer.content if answer.content or not calls else None
+                choices.append(
+                    api.chat_choice(
+                        answer.index, content, self._finish_reason(answer), calls, logprobs
+                    )
+                )
+            else:
+                logprobs = None
+                if job.request.logprobs is not None:
+                    logprobs = api.completion_logprobs(answer.entries, len(answer.echo))
+                choices.append(
+                    api.text_delta(
+                        answer.index,
+                        answer.echo + answer.content,
+                        logprobs,
+                        self._finish_reason(answer),
+                    )
+                )
         body = api.completion(
-            job.request.endpoint,
+            job.wire_endpoint,
             job.response_id,
             job.created,
             self.model_name,
-            gen.text,
-            _finish_reason(gen),
-            _usage(gen),
-            _timings(gen),
+            choices,
+            self._usage(job),
+            _timings(job.answers[0].gen),
         )
         return json.dumps(body, ensure_ascii=False).encode("utf-8")
 
-    def _reply_error(
-        self, context: Any, idx: int, err: api.RequestError, results: list[Any]
-    ) -> None:
+    def _reply_error(self, context: Any, idx: int, err: RequestError, results: list[Any]) -> None:
         logger.info("Refused request %s: %s", context.get_request_id(idx), err.message)
         context.set_response_status(err.status, "", idx)
         context.set_response_content_type(idx, JSON_TYPE)
         results[idx] = json.dumps(err.body()).encode("utf-8")
         self._metrics.refused()
-
-
-def _usage(gen: Generation) -> dict[str, Any]:
-    return api.usage(len(gen.prompt_tokens), gen.completion_tokens, gen.cached_tokens)
-
-
-def _finish_reason(gen: Generation) -> str:
-    return (
-        engine.STOP if gen.finish_reason == engine.CANCELLED else (gen.finish_reason or engine.STOP)
-    )
 
 
 def _timings(gen: Generation) -> dict[str, float | None]:

@@ -8,7 +8,9 @@ import pytest
 from worker_harness import ROOT, Harness, default_gguf
 
 
-def load_handler(model_dir: Path, **config: object) -> Harness:
+def load_handler(
+    model_dir: Path, handler: dict[str, object] | None = None, **config: object
+) -> Harness:
     """A handler instance loaded with the default model, as a TorchServe worker would load it."""
     import llama_cpp_handler
     from ts.context import Context
@@ -23,7 +25,13 @@ def load_handler(model_dir: Path, **config: object) -> Harness:
     metrics.initialize_cache()
     yaml_config = {
         **config,
-        "handler": {"model_path": "model.gguf", "n_ctx": 1024, "n_threads": 2, "seed": 42},
+        "handler": {
+            "model_path": "model.gguf",
+            "n_ctx": 1024,
+            "n_threads": 2,
+            "seed": 42,
+            **(handler or {}),
+        },
     }
     context = Context(
         "smollm2",

@@ -37,14 +37,19 @@ def stream_of(request_id: str, messages: list[Message], final: Message) -> tuple
 
 
 def streamed_text(body: bytes) -> tuple[str, dict]:
+    """The streamed text and the last chunk with a choice, with the usage chunk's figures."""
     events = sse_events(body)
     assert events[-1] == "[DONE]"
-    last = events[-2]
-    assert isinstance(last, dict)
+    usage = events[-2]
+    assert isinstance(usage, dict) and usage["choices"] == [] and "usage" in usage
+    last = events[-3]
+    assert isinstance(last, dict) and last["choices"][0]["finish_reason"] is not None
     text = "".join(
-        e["choices"][0]["delta"].get("content", "") for e in events[:-1] if isinstance(e, dict)
+        e["choices"][0]["delta"].get("content") or ""
+        for e in events[:-1]
+        if isinstance(e, dict) and e["choices"]
     )
-    return text, last
+    return text, {**last, "usage": usage["usage"], "timings": usage["timings"]}
 
 
 def test_every_request_of_a_batch_gets_its_own_answer(harness: Harness) -> None:

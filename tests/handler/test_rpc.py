@@ -8,10 +8,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from engine import EngineConfig, LlamaEngine, SamplingParams
+from contract import Sampling
+from engine import EngineConfig, LlamaEngine
 from worker_harness import ROOT, default_gguf
 
-GREEDY = SamplingParams(max_tokens=32, temperature=0, repeat_penalty=1.0, min_p=0)
+GREEDY = Sampling(max_tokens=32, temperature=0, repeat_penalty=1.0, min_p=0)
 PROMPT = "<|im_start|>user\nWrite about the sea.<|im_end|>\n<|im_start|>assistant\n"
 
 

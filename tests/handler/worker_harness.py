@@ -11,10 +11,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from tschat import contract
+
 ROOT = Path(__file__).resolve().parents[2]
 HANDLERS = ROOT / "handlers"
 if str(HANDLERS) not in sys.path:
     sys.path.insert(0, str(HANDLERS))
+# The archive ships the contract next to the handler, which imports it as ``contract``.
+sys.modules.setdefault("contract", contract)
 
 
 def default_gguf() -> Path:

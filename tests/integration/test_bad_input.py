@@ -58,9 +58,16 @@ CASES: list[tuple[str, str, Any, int, str]] = [
     (
         "content part not text",
         CHAT,
-        msg(role="user", content=[{"type": "image_url"}]),
+        msg(role="user", content=[{"type": "bogus"}]),
         400,
         "parts must be",
+    ),
+    (
+        "image content part",
+        CHAT,
+        msg(role="user", content=[{"type": "image_url", "image_url": {"url": "x"}}]),
+        400,
+        "reads text only",
     ),
     ("temperature as text", CHAT, with_(temperature="warm"), 400, "'temperature' must be a number"),
     ("temperature as bool", CHAT, with_(temperature=True), 400, "'temperature' must be a number"),
@@ -106,7 +113,7 @@ CASES: list[tuple[str, str, Any, int, str]] = [
         400,
         "Infinity",
     ),
-    ("n above one", CHAT, with_(n=3), 400, "Only n=1"),
+    ("n above the limit", CHAT, with_(n=99), 400, "'n' must be between"),
     # roles and messages
     ("unknown role", CHAT, msg(role="robot", content="x"), 400, "role must be one of"),
     ("missing role", CHAT, msg(content="x"), 400, "role must be one of"),
@@ -139,7 +146,13 @@ CASES: list[tuple[str, str, Any, int, str]] = [
         "UTF-8",
     ),
     ("prompt missing", "v1/completions", {"max_tokens": 3}, 400, "'prompt' is required"),
-    ("prompt as list", "v1/completions", {"prompt": ["a", "b"]}, 400, "'prompt' must be a string"),
+    (
+        "prompt list with a number",
+        "v1/completions",
+        {"prompt": ["a", 5]},
+        400,
+        "prompt[1] must be a non-empty string",
+    ),
     ("legacy without prompt", "", {"max_tokens": 3}, 400, "'prompt' is required"),
     # endpoints
     ("unknown endpoint", "v1/embeddings", GOOD, 404, "Unknown endpoint"),

@@ -79,14 +79,17 @@ def test_streamed_chat_arrives_token_by_token(torchserve_server: Any) -> None:
     assert response.headers["content-type"].startswith("text/event-stream")
     chunks, done = read_stream(response)
     assert done
-    content = [(t, c) for t, c in chunks if c["choices"][0]["delta"].get("content")]
+    content = [
+        (t, c) for t, c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")
+    ]
     text = "".join(c["choices"][0]["delta"]["content"] for _, c in content)
     assert len(content) >= 40, "one chunk per token"
     first, last = content[0][0] - start, content[-1][0] - start
     assert first < last / 2, f"first token at {first:.3f}s, last at {last:.3f}s: not streamed"
-    final = chunks[-1][1]
+    final, usage_chunk = chunks[-2][1], chunks[-1][1]
     assert final["choices"][0]["finish_reason"] == "length"
-    usage = final["usage"]
+    assert usage_chunk["choices"] == [], "usage comes in a chunk of its own, as OpenAI sends it"
+    usage = usage_chunk["usage"]
     assert usage["completion_tokens"] == 48
     assert usage["prompt_tokens"] == prompt_token_count(body["messages"])
     assert usage["total_tokens"] == usage["prompt_tokens"] + 48
@@ -169,7 +172,9 @@ def test_batch_of_four_concurrent_requests_all_answered(torchserve_server: Any) 
             return response.json()
         chunks, done = read_stream(response)
         assert done
-        text = "".join(c["choices"][0]["delta"].get("content") or "" for _, c in chunks)
+        text = "".join(
+            c["choices"][0]["delta"].get("content") or "" for _, c in chunks if c["choices"]
+        )
         return {"choices": [{"message": {"content": text}}], "usage": chunks[-1][1]["usage"]}
 
     with ThreadPoolExecutor(4) as pool:

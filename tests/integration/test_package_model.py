@@ -13,13 +13,16 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tschat.ops import packaging
 from tschat.ops.gguf import read_gguf_info
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "package_model.sh"
-HANDLER_FILES = ("llama_cpp_handler.py", "engine.py", "openai_protocol.py")
+# The handler's own modules (--handler-dir) and everything the archive ships beside them.
+HANDLER_FILES = tuple(Path(s).name for s, _ in packaging.HANDLER_FILES if s.startswith("handlers/"))
+SHIPPED = tuple(name for _, name in packaging.HANDLER_FILES)
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -108,7 +111,8 @@ def test_default_model_with_options(handler_dir: Path, store: Path, tmp_path: Pa
 
     with zipfile.ZipFile(archive) as z:
         names = set(z.namelist())
-        assert {*HANDLER_FILES, DEFAULT_GGUF, "model-config.yaml", "MAR-INF/MANIFEST.json"} <= names
+        shipped = {*SHIPPED, DEFAULT_GGUF, "model-config.yaml", "MAR-INF/MANIFEST.json"}
+        assert shipped <= names
         with z.open(DEFAULT_GGUF) as packed:
             assert packed.read(4) == b"GGUF"
         assert z.getinfo(DEFAULT_GGUF).file_size == default_model().stat().st_size
@@ -131,7 +135,7 @@ def test_default_model_with_options(handler_dir: Path, store: Path, tmp_path: Pa
         "n_gpu_layers": 0,
         "seed": 7,
         "chat_template": chat_template.read_text(),
-        "prefix_cache": True,  # from the template
+        "prefix_cache": "shared",  # from the template
     }
     assert hashlib.sha256(template.read_bytes()).hexdigest() == template_before
 

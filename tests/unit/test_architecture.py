@@ -2,7 +2,7 @@
 
 * The package never imports Streamlit (the apps draw; the package does the work).
 * handlers/ imports nothing of the package but the contract module (it is packed into the
-  archive alone).
+  archive beside the handler), and the contract module only the standard library.
 * Imports go one way: apps -> package; inside the package, the API clients import only the
   transport's neighbours (errors, settings), never operations, the chat or benchmarking.
 * One module registers models: only the serving registry calls the management API's
@@ -12,11 +12,13 @@
 from __future__ import annotations
 
 import ast
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tschat.ops import packaging
 from tschat.settings import REPO_ROOT
 
 REGISTRY = "tschat/ops/serving.py"
@@ -64,6 +66,26 @@ def test_handlers_import_only_the_contract_of_the_package() -> None:
         for path in handlers
         for name in imported_modules(path)
         if name.split(".")[0] in ours and name not in ("tschat", "tschat.contract")
+    ]
+    assert found == []
+    # In the archive the contract sits next to the handler and is imported as ``contract``;
+    # the rest is the standard library, the worker's own packages and the handler's modules.
+    shipped = {Path(name).stem for _, name in packaging.HANDLER_FILES}
+    allowed = shipped | set(sys.stdlib_module_names) | {"llama_cpp", "numpy", "ts"}
+    found = [
+        f"{relative(path)}: {name}"
+        for path in handlers
+        for name in imported_modules(path)
+        if name.split(".")[0] not in allowed and name != "__future__"
+    ]
+    assert found == []
+
+
+def test_the_contract_needs_only_the_standard_library() -> None:
+    found = [
+        name
+        for name in imported_modules(REPO_ROOT / "tschat" / "contract.py")
+        if name.split(".")[0] not in sys.stdlib_module_names and name != "__future__"
     ]
     assert found == []
 

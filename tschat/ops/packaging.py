@@ -45,6 +45,10 @@ HANDLER_FILES: tuple[tuple[str, str], ...] = (
     ("handlers/llama_cpp_handler.py", "llama_cpp_handler.py"),
     ("handlers/engine.py", "engine.py"),
     ("handlers/openai_protocol.py", "openai_protocol.py"),
+    ("handlers/chat_prompt.py", "chat_prompt.py"),
+    ("handlers/structured.py", "structured.py"),
+    # The request contract, shared with the clients: the handler imports it as ``contract``.
+    ("tschat/contract.py", "contract.py"),
 )
 CONFIG_NAME = "model-config.yaml"
 SPLIT_MODES = ("none", "layer", "row")
@@ -440,7 +444,8 @@ Archive:
   --allow-requantize      let --quantize start from a model already quantized below Q8_0
   --python PYTHON         (package_model.sh) interpreter with torch-model-archiver and pyyaml
                           (default: .venv/bin/python next to the script if present, else python3)
-  --handler-dir DIR       folder with llama_cpp_handler.py, engine.py and openai_protocol.py
+  --handler-dir DIR       folder with the handler's modules (llama_cpp_handler.py, engine.py,
+                          openai_protocol.py, chat_prompt.py, structured.py)
                           (default: handlers next to this script)
 
 TorchServe (model-config.yaml top level):
