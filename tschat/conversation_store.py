@@ -1058,8 +1058,13 @@ def _show(value: object, limit: int = 40) -> str:
 
 
 def _create_private(path: Path) -> None:
-    """Create the folder (0700) and an empty database file (0600) unless they exist."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """Create the folder (0700) and an empty database file (0600) unless they exist.
+
+    Missing folders above it (the run folder, say) are created owner-only too.
+    """
+    missing = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]
+    for folder in reversed(missing):
+        folder.mkdir(mode=0o700, exist_ok=True)
     os.chmod(path.parent, 0o700)
     # O_CREAT with 0600: the file never exists with wider permissions, even for an instant.
     # SQLite gives its -wal and -shm files the same permissions as the database file.

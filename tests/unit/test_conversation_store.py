@@ -86,6 +86,7 @@ def test_file_and_folder_are_owner_only_whatever_the_umask(tmp_path: Path) -> No
     path = store_path(tmp_path / "var")
     assert opened.path == path
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "var").stat().st_mode) == 0o700  # created here, so private
     files = sorted(path.parent.iterdir())
     assert [f.name for f in files] == [
         "conversations.sqlite3",
