@@ -22,6 +22,7 @@ Area: $\pi r^2$
 
 from __future__ import annotations
 
+import bisect
 import re
 import textwrap
 import unicodedata
@@ -31,11 +32,14 @@ from typing import NamedTuple
 
 # ---------------------------------------------------------------------------- public
 
+MAX_PARSED_CHARS = 100_000  # longer texts (an imported one, say) get every "![" escaped
+
 
 def safe_markdown(text: str) -> str:
     r"""``text`` with images made into links and LaTeX delimiters made Streamlit's.
 
-    The result is dedented and stripped, as st.markdown does with any text it is given.
+    The result is dedented and stripped, as st.markdown does with any text it is given. A
+    text longer than MAX_PARSED_CHARS is not parsed: every ``![`` in it is escaped, code too.
 
     >>> print(safe_markdown("![logo][l]\n\n[l]: https://example.com/logo.png"))
     [image: logo][l]
@@ -57,6 +61,9 @@ def safe_markdown(text: str) -> str:
     text = textwrap.dedent(text).strip()
     if "![" not in text and "\\(" not in text and "\\[" not in text:
         return text  # nothing to rewrite (most answers): no need to parse
+    if len(text) > MAX_PARSED_CHARS:
+        # Far longer than any answer: bound the time, at the price of a backslash in code.
+        return re.sub(r"(?<!\\)((?:\\\\)*)!\[", r"\1\\![", text)
     result = text
     for _ in range(4):
         rewritten = _rewrite(result)
@@ -356,9 +363,14 @@ _ATTRIBUTE = (
 )
 _OPEN_TAG = rf"<{_TAG}{_ATTRIBUTE}*\s*/?>"
 _CLOSE_TAG = rf"</{_TAG}\s*>"
-_INLINE_HTML = re.compile(
-    rf"{_OPEN_TAG}|{_CLOSE_TAG}|<!-->|<!--->|<!--[\s\S]*?-->|<\?[\s\S]*?\?>"
-    r"|<![A-Za-z][^>]*>|<!\[CDATA\[[\s\S]*?\]\]>"
+_HTML_TAG = re.compile(rf"{_OPEN_TAG}|{_CLOSE_TAG}")
+# Inline HTML that runs to a closing string: (opening, where to look for the closing, closing).
+_HTML_RUNS: tuple[tuple[str, int, str], ...] = (
+    ("<!-->", 0, ""),
+    ("<!--->", 0, ""),
+    ("<!--", 4, "-->"),
+    ("<?", 2, "?>"),
+    ("<![CDATA[", 9, "]]>"),
 )
 _AUTOLINK = re.compile(
     r"<[A-Za-z][A-Za-z0-9.+-]{1,31}:[^<>\x00-\x20]*>"
@@ -371,11 +383,37 @@ _LINK_TITLE = re.compile(
 )
 
 
-@dataclass
-class _LabelStart:
+class _HtmlFinder:
+    """Autolinks and inline HTML in one text, found without scanning it again and again."""
+
+    def __init__(self, s: str) -> None:
+        self.s = s
+        self.missing: dict[str, int] = {}  # closing string -> first position with none after
+
+    def end(self, i: int) -> int | None:
+        """The end of an autolink or of inline HTML starting at ``i`` (a ``<``), or None."""
+        s = self.s
+        for opening, skip, closing in _HTML_RUNS:
+            if s.startswith(opening, i):
+                return i + len(opening) if not closing else self._find(closing, i + skip)
+        if s.startswith("<!", i) and s[i + 2 : i + 3].isascii() and s[i + 2 : i + 3].isalpha():
+            return self._find(">", i + 2)  # a declaration
+        match = _AUTOLINK.match(s, i) or _HTML_TAG.match(s, i)
+        return None if match is None else match.end()
+
+    def _find(self, closing: str, start: int) -> int | None:
+        if start >= self.missing.get(closing, len(self.s) + 1):
+            return None
+        found = self.s.find(closing, start)
+        if found == -1:
+            self.missing[closing] = start
+            return None
+        return found + len(closing)
+
+
+class _LabelStart(NamedTuple):
     position: int
     image: bool
-    active: bool = True
 
 
 def _scan(s: str, options: _Options, defined: set[str]) -> _Scan:
@@ -388,6 +426,9 @@ def _scan(s: str, options: _Options, defined: set[str]) -> _Scan:
     """
     scan = _Scan(bytearray(len(s)))
     labels: list[_LabelStart] = []  # "[" and "![" not yet closed
+    inactive_below = 0  # link starts below this place in ``labels`` can no longer make a link
+    runs = {char: _Runs(s, char) for char in "`$"}
+    html = _HtmlFinder(s)
     i = 0
     n = len(s)
     while i < n:
@@ -403,15 +444,14 @@ def _scan(s: str, options: _Options, defined: set[str]) -> _Scan:
             continue
         if char == "`" or (char == "$" and options.math):
             run = _run_end(s, i, char)
-            end = _closing_run(s, run, char, run - i)
+            end = runs[char].closing(run, run - i)
             if end is None:
                 i = run
                 continue
             if char == "`":
                 scan.code[i:end] = b"\x01" * (end - i)
         elif options.hiders and char == "<":
-            match = _AUTOLINK.match(s, i) or _INLINE_HTML.match(s, i)
-            end = None if match is None else match.end()
+            end = html.end(i)
         elif options.hiders and not labels and char in "hHwW":
             end = _literal_autolink_end(s, i)
         elif (
@@ -425,16 +465,17 @@ def _scan(s: str, options: _Options, defined: set[str]) -> _Scan:
             labels.append(_LabelStart(i, image=False))
         elif char == "]" and labels:
             start = labels.pop()
-            if start.active:
-                label = s[start.position + (2 if start.image else 1) : i]
-                formed = _label_end(s, i, label, defined, options.hiders)
+            active = start.image or len(labels) >= inactive_below
+            inactive_below = min(inactive_below, len(labels))  # what is pushed next is new
+            if active:
+                label_start = start.position + (2 if start.image else 1)
+                formed = _label_end(s, label_start, i, defined, options.hiders)
                 if formed is not None:
                     end, kind = formed
                     if start.image:
                         scan.images[start.position] = (i, kind)
-                    else:  # no links inside links
-                        for earlier in labels:
-                            earlier.active = earlier.image
+                    else:  # no links inside links: the link starts still open are spent
+                        inactive_below = len(labels)
         if end is not None:
             i = end
         else:
@@ -443,11 +484,11 @@ def _scan(s: str, options: _Options, defined: set[str]) -> _Scan:
 
 
 def _label_end(
-    s: str, close: int, label: str, defined: set[str], resources: bool
+    s: str, label_start: int, close: int, defined: set[str], resources: bool
 ) -> tuple[int, str] | None:
     """What follows a ``]`` that closes a label: (end, kind) of the link or image, or None."""
     after = close + 1
-    is_defined = _normalize_label(label) in defined
+    is_defined = bool(defined) and _normalize_label(s[label_start:close]) in defined
     if s.startswith("(", after):
         end = _resource_end(s, after) if resources else None
         if end is not None:
@@ -530,15 +571,20 @@ def _run_end(s: str, i: int, char: str) -> int:
     return i
 
 
-def _closing_run(s: str, start: int, char: str, size: int) -> int | None:
-    """The end of the next run of exactly ``size`` ``char`` after ``start``."""
-    i = s.find(char, start)
-    while i != -1:
-        end = _run_end(s, i, char)
-        if end - i == size:
-            return end
-        i = s.find(char, end)
-    return None
+class _Runs:
+    """The runs of one character in a text, by length, to find a closing run quickly."""
+
+    def __init__(self, s: str, char: str) -> None:
+        self.starts: dict[int, list[int]] = {}
+        for match in re.finditer(re.escape(char) + "+", s):
+            self.starts.setdefault(match.end() - match.start(), []).append(match.start())
+
+    def closing(self, start: int, size: int) -> int | None:
+        """The end of the first run of exactly ``size`` characters that begins at ``start`` or
+        later (a code span's closing backticks), or None."""
+        starts = self.starts.get(size, [])
+        index = bisect.bisect_left(starts, start)
+        return starts[index] + size if index < len(starts) else None
 
 
 def _literal_autolink_end(s: str, i: int) -> int | None:
@@ -825,6 +871,9 @@ class _BlockParser:
 
     def _find_next_nonspace(self) -> None:
         i, columns = self.offset, self.column
+        end = len(self.line) - len(self.line[i:].lstrip(" \t"))
+        if "\t" not in self.line[i:end]:  # spaces only: one step (deep nesting stays linear)
+            i, columns = end, columns + end - i
         while i < len(self.line):
             char = self.line[i]
             if char == " ":

@@ -104,3 +104,30 @@ def test_only_exclamation_marks_and_image_openers_change(words: list[str]) -> No
     out = safe_markdown(text)
     simplified = out.replace("[image: ", "![").replace("[image", "![").replace("\\!", "!")
     assert simplified.replace("\\", "") == text.replace("\\", "")
+
+
+def test_a_text_too_long_to_parse_has_every_image_opener_escaped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(tschat.safe_markdown, "MAX_PARSED_CHARS", 40)
+    text = "a ![x](http://h/i.png) \\![kept] \\\\![y](http://h/i.png) `![in code](z)`"
+    assert safe_markdown(text) == (
+        "a \\![x](http://h/i.png) \\![kept] \\\\\\![y](http://h/i.png) `\\![in code](z)`"
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<!-- " * 4000,
+        '<a b="' * 4000,
+        " ".join("`" * k for k in range(1, 200)),
+        "[" * 5000 + "[a](b)" * 5000,
+        "\n".join("  " * k + "- x" for k in range(100)),
+    ],
+    ids=["comments", "quotes", "backtick runs", "brackets", "deep lists"],
+)
+def test_pathological_texts_are_handled(text: str) -> None:
+    # Texts that once made the parser quadratic (unclosed comments, unmatched runs, brackets
+    # left open): each is still read whole and its image rewritten.
+    assert safe_markdown("![a](http://h/i.png) " + text).startswith("[image: a](http://h/i.png)")
