@@ -75,6 +75,8 @@ REWRITTEN = [
     (":x[`] ![i](http://h/i.png) `", ":x[`] [image: i](http://h/i.png) `"),
     ("a\n::x[`]\n![x](http://h/i.png)`", "a\n::x[`]\n[image: x](http://h/i.png)`"),
     ("\\::x[`] ![i](http://h/i.png) `", "\\::x[`] [image: i](http://h/i.png) `"),
+    # micromark takes a tab for part of a directive name: ":::<tab>" opens a container.
+    ("para\n:::\t  \n![a](http://h/i.png)`", "para\n:::\t  \n[image: a](http://h/i.png)`"),
     # A heading underline after a definition: the definition may hide a backtick.
     ("[c]: /c{`}\n![x](http://h/i.png)`\n===", "[c]: /c{`}\n\\![x](http://h/i.png)`\n==="),
 ]
@@ -126,7 +128,20 @@ PIECES = (
     *("![a](http://h/a)", "![b][r]", "[r]: http://h/r", "![c]", "[c]: http://h/c", "[r][]"),
     *("![x](<http://h/y z>)", '![t](http://h/t "ti`tle")', "[![i](http://h/i)](http://h/l)"),
     *("[^1]: ", "[^1]", "http://x`", "www.y.z`", "www.x.com`](", "a@b.c`", ':d{a="`"}'),
-    *(":x[`]", ":material/", "{", "}", "\\(", "\\)", "\\[", "\\]", "&#96;", "$`$", "<script>"),
+    *(
+        ":x[`]",
+        ":::\t",
+        ":material/",
+        "{",
+        "}",
+        "\\(",
+        "\\)",
+        "\\[",
+        "\\]",
+        "&#96;",
+        "$`$",
+        "<script>",
+    ),
 )
 
 

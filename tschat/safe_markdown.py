@@ -676,11 +676,21 @@ def _directive_tail_end(s: str, j: int, *, allow_eol: bool) -> int:
 
 
 def _directive_name_end(s: str, j: int) -> int | None:
-    """The end of a directive name at ``j`` (micromark's factoryName), or None."""
-    if j >= len(s) or s[j].isspace() or _is_punctuation(s[j]):
+    """The end of a directive name at ``j`` (micromark's factoryName), or None.
+
+    micromark reads a tab as a code its whitespace check does not see, so a tab counts as part
+    of a name (``:::<tab>`` opens a container).
+    """
+
+    def allowed(char: str, first: bool) -> bool:
+        if char == "\t":
+            return True
+        return not char.isspace() and ((char in "-_" and not first) or not _is_punctuation(char))
+
+    if j >= len(s) or not allowed(s[j], first=True):
         return None
     k = j + 1
-    while k < len(s) and not s[k].isspace() and (s[k] in "-_" or not _is_punctuation(s[k])):
+    while k < len(s) and allowed(s[k], first=False):
         k += 1
     return None if s[k - 1] in "-_" else k
 
