@@ -11,8 +11,9 @@ transactions (WAL journal, busy timeout), so a write is either saved whole or no
 writers wait for each other instead of failing. The file and its folder are owner-only.
 
 * :class:`ConversationStore` - create, list and search, rename, delete, load the visible branch;
-  append a question, stream an answer into it (started as partial, updated, finished), edit a
-  question or regenerate an answer as a sibling, switch between siblings; export and import.
+  append a question, stream an answer into it (started as partial, updated, finished, or
+  found stale after a crash), edit a question or regenerate an answer as a sibling, switch
+  between siblings; export and import.
 * :class:`SavedConversation`, :class:`StoredMessage`, :class:`ConversationSummary` - what loading
   and listing return.
 * :func:`parse_conversation_file` - check an export file field by field (both today's tree
@@ -542,8 +543,9 @@ class ConversationStore:
         """Save an answer's final text, how it ended and its figures; the first call wins.
 
         An answer that was stopped or broke off before any text arrived holds nothing worth
-        keeping: it is removed, and the version shown before it is shown again. Returns whether
-        the answer was still streaming (False: already finished, or deleted meanwhile).
+        keeping: it is removed, and the version shown before it is shown again (unless another
+        window already asked a question under it). Returns whether the answer was still
+        streaming (False: already finished, or deleted meanwhile).
         """
         if state not in FINAL_STATES:
             raise ValueError(f"an answer ends as one of {FINAL_STATES}, not {state!r}")
@@ -555,7 +557,10 @@ class ConversationStore:
             if row is None:
                 return False
             conversation_id, parent_id = row
-            if not text and state != "complete":
+            replied = db.execute(
+                "SELECT 1 FROM messages WHERE parent_id = ? LIMIT 1", (answer_id,)
+            ).fetchone()
+            if not text and state != "complete" and replied is None:
                 db.remove_message(conversation_id, answer_id, parent_id)
             else:
                 db.execute(
@@ -565,6 +570,22 @@ class ConversationStore:
                 )
             db.touch(conversation_id)
             return True
+
+    def finish_stale_answers(self, older_than_s: float) -> int:
+        """Mark as broken off the answers still streaming with no update for ``older_than_s``.
+
+        Their writer is gone (the app stopped, or the page's process crashed): without this
+        they would look as if they were still coming. Answers without text are removed, as by
+        :meth:`finish_answer`. Returns how many answers were finished.
+        """
+        with self._transaction(write=False) as db:
+            stale = db.execute(
+                "SELECT id, content FROM messages WHERE state = ? AND updated_at < ?",
+                ("streaming", self._clock() - older_than_s),
+            ).fetchall()
+        return sum(
+            self.finish_answer(answer_id, content, state="broken") for answer_id, content in stale
+        )
 
     def edit_question(self, question_id: int, text: str) -> int:
         """Save an edited question as a new sibling of ``question_id``, shown; returns its id."""

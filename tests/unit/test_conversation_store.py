@@ -308,6 +308,44 @@ def test_an_answer_that_ended_before_any_text_is_removed(store: ConversationStor
     assert (last.id, last.content, last.state) == (empty, "", "complete")
 
 
+def test_answers_left_streaming_by_a_crash_are_finished_as_broken(tmp_path: Path) -> None:
+    clock = Clock()
+    store = ConversationStore(tmp_path / "c.sqlite3", clock=clock)
+    partial, empty, live = store.create(), store.create(), store.create()
+    stale = store.start_answer(store.append_question(partial, "one"))
+    store.update_answer(stale, "partial text")
+    store.start_answer(store.append_question(empty, "two"))
+    clock.now += 1000
+    streaming = store.start_answer(store.append_question(live, "three"))
+    store.update_answer(streaming, "still coming")
+    assert store.finish_stale_answers(older_than_s=500) == 2
+    assert [(m.content, m.state) for m in store.load(partial).messages] == [
+        ("one", "complete"),
+        ("partial text", "broken"),
+    ]
+    assert texts(store, empty) == ["two"]  # an answer without text is not kept
+    assert [m.state for m in store.load(live).messages] == ["complete", "streaming"]
+    assert store.finish_stale_answers(older_than_s=500) == 0
+    store.close()
+
+
+def test_an_empty_answer_someone_already_replied_to_is_kept(
+    store: ConversationStore, tmp_path: Path
+) -> None:
+    conversation = store.create()
+    answer_id = store.start_answer(store.append_question(conversation, "one"))
+    # Another window asks under the answer while it is still empty.
+    other = ConversationStore.in_run_dir(tmp_path / "var")
+    other.append_question(conversation, "two")
+    assert store.finish_answer(answer_id, "", state="broken")
+    assert [(m.content, m.state) for m in store.load(conversation).messages] == [
+        ("one", "complete"),
+        ("", "broken"),
+        ("two", "complete"),
+    ]
+    other.close()
+
+
 def test_finish_refuses_an_unknown_state(store: ConversationStore) -> None:
     answer_id = store.start_answer(store.append_question(store.create(), "Hi"))
     with pytest.raises(ValueError, match="an answer ends as one of"):
