@@ -70,12 +70,17 @@ TEXT_MARKS = ("\ufdd0", "\ufdd1")
 
 @dataclass(frozen=True)
 class Control:
-    """How the chat client shows a numeric field: a slider or number box with this range."""
+    """How the chat client shows a numeric field: a slider or number box with this range.
+
+    ``start``: the control's first value where the field has no default (the server's default
+    for ``max_tokens`` is "until the context is full", which a slider cannot show).
+    """
 
     label: str
     low: float
     high: float
     step: float
+    start: float | None = None
 
 
 @dataclass(frozen=True)
@@ -141,9 +146,9 @@ FIELDS: tuple[Field, ...] = (
     Field("presence_penalty", "number", "Subtract this from the logit of every token already generated.", _SAMPLE, default=0.0, minimum=-2.0, maximum=2.0, control=Control("Presence penalty", -2.0, 2.0, 0.05)),
     Field("frequency_penalty", "number", "Subtract this times its count from the logit of every token already generated.", _SAMPLE, default=0.0, minimum=-2.0, maximum=2.0, control=Control("Frequency penalty", -2.0, 2.0, 0.05)),
     Field("logit_bias", "map of token id to number", f"Add a bias (-100 to 100) to tokens' logits; -100 bans a token, 100 all but forces it. At most {MAX_LOGIT_BIAS} entries.", _SAMPLE),
-    Field("seed", "integer", "Makes sampling repeatable: the same seed, settings and prompt give the same answer. Without it the server draws one.", _SAMPLE, minimum=-(2**63), maximum=2**64 - 1),
+    Field("seed", "integer", "Makes sampling repeatable: the same seed, settings and prompt give the same answer. Without it the server draws one.", _SAMPLE, minimum=-(2**63), maximum=2**64 - 1, control=Control("Seed", 0, SEED_MODULUS - 1, 1, start=0)),
     Field("stop", "string or list", f"Up to {MAX_STOP_SEQUENCES} sequences (at most {MAX_STOP_LENGTH} characters each) that end the answer; they are not part of it.", _SAMPLE),
-    Field("max_tokens", "integer", "Longest answer in tokens (the context window is the upper limit); finish reason `length` when reached.", _SAMPLE, default=None, minimum=1, maximum=1_000_000, control=Control("Max tokens", 1, 2048, 1)),
+    Field("max_tokens", "integer", "Longest answer in tokens (the context window is the upper limit); finish reason `length` when reached.", _SAMPLE, default=None, minimum=1, maximum=1_000_000, control=Control("Max tokens", 1, 2048, 1, start=512)),
     Field("max_completion_tokens", "integer", "Same as `max_tokens` (OpenAI's newer name).", (CHAT,), minimum=1, maximum=1_000_000),
     Field("max_new_tokens", "integer", "Same as `max_tokens` (the original example's name).", (LEGACY,), minimum=1, maximum=1_000_000),
     Field("ignore_eos", "boolean", "Keep generating past the end-of-text token, up to `max_tokens`.", _SAMPLE, default=False, extension=True),

@@ -1,5 +1,9 @@
 """Sampling settings of the chat: the parameters, their ranges and defaults, and the stop
-sequences; what each request sends besides the conversation."""
+sequences; what each request sends besides the conversation.
+
+Every parameter, its range and its default come from the request contract
+(:mod:`tschat.contract`), the same declarations the handler validates with.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +12,15 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from tschat.errors import (
-    SettingsError,
-)
+from tschat import contract
+from tschat.errors import SettingsError
 
-MAX_STOP_SEQUENCES = 4  # the handler refuses more
+MAX_STOP_SEQUENCES = contract.MAX_STOP_SEQUENCES
 
 
 @dataclass(frozen=True)
 class Knob:
-    """One numeric sampling parameter with its slider range (the server accepts at least this)."""
+    """One numeric sampling parameter and its control's range (the server accepts all of it)."""
 
     name: str
     label: str
@@ -26,73 +29,39 @@ class Knob:
     default: float
     step: float
     help: str
-
-    @property
-    def whole(self) -> bool:
-        """Whether the parameter takes whole numbers."""
-        return all(float(v).is_integer() for v in (self.low, self.high, self.default, self.step))
+    whole: bool  # takes whole numbers
 
 
-KNOBS: tuple[Knob, ...] = (
-    Knob(
+def _knob(name: str) -> Knob:
+    field = contract.FIELD[name]
+    control = field.control
+    assert control is not None, f"{name} has no control in the contract"
+    start = field.default if field.default is not None else control.start
+    assert start is not None
+    return Knob(
+        name, control.label, control.low, control.high, start, control.step, field.doc, field.whole
+    )
+
+
+# The numeric fields the chat shows, in the order it shows them.
+KNOBS: tuple[Knob, ...] = tuple(
+    _knob(name)
+    for name in (
         "temperature",
-        "Temperature",
-        0.0,
-        2.0,
-        0.7,
-        0.05,
-        "Randomness of the answer: 0 always picks the likeliest token, higher values vary more.",
-    ),
-    Knob(
         "top_p",
-        "Top-p",
-        0.0,
-        1.0,
-        0.95,
-        0.01,
-        "Sample only from the likeliest tokens whose probabilities add up to this.",
-    ),
-    Knob(
         "top_k",
-        "Top-k",
-        0,
-        200,
-        40,
-        1,
-        "Sample only from this many likeliest tokens (0 = no limit).",
-    ),
-    Knob(
         "min_p",
-        "Min-p",
-        0.0,
-        1.0,
-        0.05,
-        0.01,
-        "Drop tokens less likely than this fraction of the likeliest one.",
-    ),
-    Knob(
         "max_tokens",
-        "Max tokens",
-        1,
-        2048,
-        512,
-        1,
-        "Longest answer, in tokens; the answer ends with finish reason “length” when reached.",
-    ),
-    Knob(
         "repeat_penalty",
-        "Repeat penalty",
-        1.0,
-        2.0,
-        1.1,
-        0.01,
-        "Penalty on tokens already used; 1 = none. Raise it if answers loop.",
-    ),
+        "presence_penalty",
+        "frequency_penalty",
+    )
 )
 KNOB = {knob.name: knob for knob in KNOBS}
+SEED = _knob("seed")
+SEED_MAX = int(SEED.high)
 _ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
 _ESCAPE = re.compile(r"\\([nt\\])")
-SEED_MAX = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -105,6 +74,8 @@ class SamplingSettings:
     min_p: float = KNOB["min_p"].default
     max_tokens: int = int(KNOB["max_tokens"].default)
     repeat_penalty: float = KNOB["repeat_penalty"].default
+    presence_penalty: float = KNOB["presence_penalty"].default
+    frequency_penalty: float = KNOB["frequency_penalty"].default
     seed: int | None = None
     stop: tuple[str, ...] = ()
 
@@ -117,8 +88,8 @@ class SamplingSettings:
                 raise SettingsError(
                     f"{knob.label} must be between {knob.low:g} and {knob.high:g}; got {value}."
                 )
-        if self.seed is not None and not 0 <= self.seed <= SEED_MAX:
-            raise SettingsError(f"The seed must be between 0 and {SEED_MAX}.")
+        if self.seed is not None and not SEED.low <= self.seed <= SEED_MAX:
+            raise SettingsError(f"The seed must be between {SEED.low:g} and {SEED_MAX}.")
         if len(self.stop) > MAX_STOP_SEQUENCES:
             raise SettingsError(f"At most {MAX_STOP_SEQUENCES} stop sequences are allowed.")
 
