@@ -83,3 +83,41 @@ def test_apps_started_plainly_listen_on_loopback_only(app: str, helpers: Any) ->
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+# ---------------------------------------------------------------- the run folder
+
+
+def test_run_folder_keys_and_logs_are_never_readable_by_others(
+    tmp_path: Path, helpers: Any, torchserve_server: Any
+) -> None:
+    """Watch the run folder from before it exists, through start, a worker, a key refresh and
+    stop: it is 0700 and no file in it is ever seen readable by group or others."""
+    from folder_watch import FolderWatch
+
+    from tschat.api.keys import KeyStore
+    from tschat.ops.serving import ServingRegistry
+
+    settings = helpers.make_settings(tmp_path, model_store=torchserve_server.settings.model_store)
+    with FolderWatch(tmp_path) as watch:
+        process.start(settings)
+        try:
+            keys = KeyStore(settings)
+            registry = ServingRegistry.for_settings(settings, keys)
+            registry.register("smollm2.mar", initial_workers=1)
+            registry.wait_until_ready("smollm2", timeout=240)
+            keys.refresh("inference")
+        finally:
+            process.stop(settings)
+        time.sleep(0.5)  # the last events
+    assert not watch.overflowed
+    inside = [(path, stat.S_IMODE(mode)) for path, mode in watch.seen
+              if path.is_relative_to(settings.run_dir)]  # fmt: skip
+    names = {path.name for path, _ in inside}
+    expected = {"key_file.json", "config.properties", "torchserve.pid", "console.log",
+                "ts_log.log", "model_log.log", "access_log.log", "ts_metrics.log"}  # fmt: skip
+    assert expected <= names, expected - names
+    assert {mode for path, mode in inside if path == settings.run_dir} == {0o700}
+    readable = sorted({f"{path.relative_to(tmp_path)} {oct(mode)}" for path, mode in inside
+                       if mode & 0o077})  # fmt: skip
+    assert not readable, readable
