@@ -1,7 +1,10 @@
-"""Closed by default: loopback binds, owner-only secrets kept out of git, no tracebacks shown."""
+"""Closed by default: loopback binds, owner-only secrets kept out of git, no tracebacks shown,
+apps that answer only their own host names."""
 
 from __future__ import annotations
 
+import base64
+import os
 import socket
 import stat
 import subprocess
@@ -14,7 +17,9 @@ import psutil
 import pytest
 import tomllib
 
+from tschat import run
 from tschat.ops import process
+from tschat.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -83,6 +88,90 @@ def test_apps_started_plainly_listen_on_loopback_only(app: str, helpers: Any) ->
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+# ---------------------------------------------------------------- the apps under `make run`
+
+
+def websocket_status(port: int, host_header: str) -> int:
+    """The HTTP status a Streamlit app gives a WebSocket handshake addressed to ``host_header``
+    (101: accepted); the connection itself always goes to 127.0.0.1."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (
+        f"GET /_stcore/stream HTTP/1.1\r\nHost: {host_header}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Protocol: streamlit\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(request.encode())
+        status_line = sock.recv(4096).split(b"\r\n", 1)[0]
+    return int(status_line.split()[1])
+
+
+def page(port: int, host_header: str) -> tuple[int, bytes]:
+    """Status and body of the app's page ``/`` requested with ``host_header``."""
+    request = f"GET / HTTP/1.1\r\nHost: {host_header}\r\nConnection: close\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(request.encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+@pytest.fixture(scope="module")
+def apps_of_make_run(tmp_path_factory: pytest.TempPathFactory, helpers: Any) -> Any:
+    """Both apps as `make run` starts them, with TSCHAT_HOST=0.0.0.0 (TorchServe not started)."""
+    console_port, chat_port = helpers.free_ports(2)
+    settings = Settings.from_env(
+        {
+            "TSCHAT_HOST": "0.0.0.0",
+            "TSCHAT_CONSOLE_PORT": str(console_port),
+            "TSCHAT_CHAT_PORT": str(chat_port),
+            "TSCHAT_RUN_DIR": str(tmp_path_factory.mktemp("apps") / "var"),
+        }
+    )
+    apps = run.start_apps(settings)
+    try:
+        for port in (console_port, chat_port):
+            helpers.wait_listening(port, timeout=60)
+        yield settings, apps
+    finally:
+        for app in apps:
+            process.stop_child(app)
+
+
+def test_torchserve_host_0000_leaves_both_apps_on_loopback(apps_of_make_run: Any) -> None:
+    settings, apps = apps_of_make_run
+    for app, port in zip(apps, (settings.console_port, settings.chat_port), strict=True):
+        addresses = {a for a in listening_addresses([app.pid]) if a[1] == port}
+        assert addresses == {("127.0.0.1", port)}, addresses
+
+
+@pytest.mark.parametrize("foreign", ["rebound.example", "rebound.example:{port}", "0.0.0.0:{port}",
+                                     "127.0.0.1.rebound.example:{port}", ""])  # fmt: skip
+def test_a_websocket_addressed_to_a_foreign_host_is_refused(
+    apps_of_make_run: Any, foreign: str
+) -> None:
+    settings, _ = apps_of_make_run
+    for port in (settings.console_port, settings.chat_port):
+        assert websocket_status(port, foreign.format(port=port)) == 403
+        assert websocket_status(port, f"127.0.0.1:{port}") == 101
+        assert websocket_status(port, f"localhost:{port}") == 101
+
+
+def test_a_page_for_a_foreign_host_is_only_streamlits_empty_shell(apps_of_make_run: Any) -> None:
+    """The page is Streamlit's static frontend, the same for both apps: everything an app shows
+    or does goes over the WebSocket, which a foreign Host does not get."""
+    settings, _ = apps_of_make_run
+    console = page(settings.console_port, "rebound.example")
+    chat = page(settings.chat_port, "rebound.example")
+    assert console[0] == chat[0] == 200
+    own = page(settings.console_port, f"127.0.0.1:{settings.console_port}")
+    assert console[1] == chat[1] == own[1]
+    for text in (b"TorchServe", b"console", b"smollm2", str(settings.run_dir).encode()):
+        assert text not in console[1]
 
 
 # ---------------------------------------------------------------- the run folder
