@@ -28,12 +28,13 @@ def test_command_line_takes_a_file_after_the_options(tmp_path: Path) -> None:
 
 def test_packaging_a_file_that_is_not_gguf_fails_with_its_reason(tmp_path: Path) -> None:
     bad = tmp_path / "bad.gguf"
-    bad.write_text("hello")
+    bad.write_text("ssh-ed25519 AAAAC3 secret")
     lines = []
     with pytest.raises(PackagingFailed) as failure:
         for event in packaging.package_model(bad, name="bad", model_store=tmp_path / "store"):
             lines.append(event.line)
-    assert "not the GGUF magic bytes" in str(failure.value)
+    assert "does not start with the GGUF magic bytes" in str(failure.value)
+    assert "ssh" not in str(failure.value), "the file's bytes are never shown"
     assert "Nothing was written" in str(failure.value)
     assert lines and not (tmp_path / "store" / "bad.mar").exists()
 
