@@ -63,6 +63,7 @@ NO_QUANTIZATION = "keep as is"
 LOG_FILES = ("ts_log.log", "model_log.log", "access_log.log", "console.log")
 PATH_SOURCE, UPLOAD_SOURCE = "Path on this machine", "Upload"
 CLIENT_CHOICES = (1, 2, 4, 8, 16, 32)
+EXPERIMENT_END_S = 60.0  # what Stop waits for a cancelled experiment to clean up
 
 
 # ---------------------------------------------------------------- the error boundary
@@ -197,6 +198,10 @@ def _start(settings: Settings) -> str:
 
 
 def _stop(settings: Settings) -> str:
+    experiment = _experiment_slots().current(settings)
+    if experiment is not None and experiment.state().running:
+        experiment.cancel()  # it unregisters its model and removes its archive first
+        experiment.join(timeout=EXPERIMENT_END_S)
     if process.stop(settings):
         return "TorchServe stopped; no worker or port is left."
     return (

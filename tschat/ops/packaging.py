@@ -78,6 +78,9 @@ class PackageOptions:
     rpc_servers: tuple[str, ...] | None = None
     kv_unified: bool = False
     model_version: str = "1.0"
+    # Marks an archive as made by an experiment (model-config.yaml's `experiment`), which may
+    # then replace and remove it; nothing else is touched by experiments.
+    experiment: str | None = None
 
     def __post_init__(self) -> None:
         if self.split_mode is not None and self.split_mode not in SPLIT_MODES:
@@ -137,6 +140,8 @@ def model_config(
         "continuousBatching": options.continuous,
     }
     config.update({key: value for key, value in top.items() if value is not None})
+    if options.experiment is not None:
+        config["experiment"] = options.experiment
     config["handler"] = handler  # last: TorchServe's keys first, then the handler's
     handler["model_path"] = model_file  # relative: the file sits at the archive's top level
     chat_template = None
