@@ -9,6 +9,7 @@ import pytest
 
 from tschat.errors import BadRequest, PackagingFailed
 from tschat.ops import packaging
+from tschat.ops.packaging import PackageOptions
 
 
 def test_doctests() -> None:
@@ -44,3 +45,12 @@ def test_packaging_refuses_bad_names_and_missing_files(tmp_path: Path) -> None:
         next(packaging.package_model(tmp_path / "x.gguf", name="../x", model_store=tmp_path))
     with pytest.raises(PackagingFailed, match="there is no file"):
         next(packaging.package_model(tmp_path / "x.gguf", name="x", model_store=tmp_path))
+
+
+def test_prefix_cache_scope_goes_into_the_handler_config() -> None:
+    command = packaging.parse_args(["--prefix-cache", "per_user"])
+    config = packaging.model_config({"handler": {}}, command.options, "m.gguf")
+    assert config["handler"]["prefix_cache"] == "per_user"
+    assert "prefix_cache" not in packaging.model_config({}, PackageOptions(), "m.gguf")["handler"]
+    with pytest.raises(packaging.UsageError, match="shared, per_user or off"):
+        packaging.parse_args(["--prefix-cache", "users"])
