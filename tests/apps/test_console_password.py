@@ -82,6 +82,7 @@ def test_exposed_console_shows_only_a_password_prompt_until_the_right_password(
     assert "password" not in [t.key for t in tab.text_input]
     tab.run()  # the session stays open
     assert len(tab.tabs) == 5
+    only_the_prompt(open_console(TSCHAT_EXPOSE_APPS="myserver.lan"))  # a new one asks again
 
 
 def test_exposed_console_without_a_password_shows_nothing_but_how_to_set_one(

@@ -413,10 +413,24 @@ def users_exp_things(model_store: Path, console_server: Settings) -> Iterator[tu
     archive.unlink()
 
 
-def _untouched(management: ManagementClient, users: tuple[Path, bytes]) -> None:
+def _only_the_users_exp_things_left(
+    management: ManagementClient, users: tuple[Path, bytes]
+) -> None:
+    """The experiment's models and archives are gone; the user's are there, as they were."""
     archive, content = users
+    assert [m.name for m in management.list_models() if m.name.startswith("exp-")] == ["exp-cont8"]
+    assert sorted(p.name for p in archive.parent.glob("exp-*")) == ["exp-b8.mar"]
     assert archive.read_bytes() == content
     assert management.describe_model("exp-cont8").url == ARCHIVE
+
+
+def _until_ended(tab: AppTest) -> None:
+    deadline = time.monotonic() + SLOW_S
+    while tab.get("progress") and time.monotonic() < deadline:
+        time.sleep(1)
+        tab.run()
+        assert not tab.exception, tab.exception
+    assert not tab.get("progress"), "the experiment ended"
 
 
 def _experiment_form(tab: AppTest, configs: list[str], **numbers: int) -> None:
@@ -452,8 +466,7 @@ def test_experiment_refuses_to_touch_what_it_did_not_make(
         for text in errors
     ), errors
     assert not tab.get("progress"), "nothing started"
-    _untouched(management, users_exp_things)
-    assert sorted(p.name for p in users_exp_things[0].parent.glob("exp-*")) == ["exp-b8.mar"]
+    _only_the_users_exp_things_left(management, users_exp_things)
 
 
 def test_cancel_ends_a_running_experiment_and_leaves_nothing(
@@ -477,16 +490,10 @@ def test_cancel_ends_a_running_experiment_and_leaves_nothing(
             console_server, store.default_gguf(), standard_configs(2, 8)[2:3], LoadPlan()
         )
     _click(tab, "experiment_cancel")
-    deadline = time.monotonic() + SLOW_S
-    while tab.get("progress") and time.monotonic() < deadline:
-        time.sleep(1)
-        tab.run()
-    assert not tab.get("progress"), "the experiment ended"
+    _until_ended(tab)
     assert any("was cancelled after" in c.value for c in tab.caption)
     assert not tab.get("dataframe") or "clients" not in tab.dataframe[-1].value, "no cut cell"
-    assert [m.name for m in management.list_models() if m.name.startswith("exp-")] == ["exp-cont8"]
-    assert sorted(p.name for p in console_server.model_store.glob("exp-*")) == ["exp-b8.mar"]
-    _untouched(management, users_exp_things)
+    _only_the_users_exp_things_left(management, users_exp_things)
 
 
 def test_experiment_compares_configurations(
@@ -511,12 +518,7 @@ def test_experiment_compares_configurations(
 
     progress = [p.proto.value for p in tab.get("progress")]
     assert progress, "a progress bar while it runs"
-    deadline = time.monotonic() + SLOW_S
-    while tab.get("progress") and time.monotonic() < deadline:
-        time.sleep(2)
-        tab.run()
-        assert not tab.exception, tab.exception
-    assert not tab.get("progress"), "the experiment ended"
+    _until_ended(tab)
     assert not _messages(tab, "warning"), _messages(tab, "warning")
     assert any("finished after" in c.value for c in tab.caption)
 
@@ -532,9 +534,7 @@ def test_experiment_compares_configurations(
     assert [b.proto.label for b in tab.get("download_button")] == ["Download CSV"]
     # Nothing is left behind: the configurations were unregistered and their archives removed;
     # the user's own exp- archive and model are as they were.
-    assert [m.name for m in management.list_models() if m.name.startswith("exp-")] == ["exp-cont8"]
-    assert sorted(p.name for p in console_server.model_store.glob("exp-*")) == ["exp-b8.mar"]
-    _untouched(management, users_exp_things)
+    _only_the_users_exp_things_left(management, users_exp_things)
 
 
 def test_stop_ends_a_running_experiment(

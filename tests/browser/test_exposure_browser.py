@@ -41,6 +41,8 @@ def test_exposed_console_asks_for_its_password_first(
     port = helpers.free_port()
     app = streamlit_app("server_app.py", port, settings.as_env())
     assert listening(app.process.pid, port) == {("0.0.0.0", port)}, "exposed on purpose"
+    for host, status in (("myserver.test", 101), ("127.0.0.1", 101), ("other.test", 403)):
+        assert helpers.websocket_status(port, f"{host}:{port}") == status, host
 
     page = browser.new_page()
     page.set_default_timeout(60_000)

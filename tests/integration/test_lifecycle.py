@@ -149,6 +149,7 @@ def test_registration_from_outside_the_model_store_is_refused(
         f"{decoy.url}/smollm2.mar",
         f"file://{outside}",
         f"file://{bare_server.model_store}/../{outside.name}",
+        f"{bare_server.model_store}/../{outside.name}",
     ]
     for url in refused:
         response = requests.post(

@@ -3,8 +3,6 @@ apps that answer only their own host names."""
 
 from __future__ import annotations
 
-import base64
-import os
 import socket
 import stat
 import subprocess
@@ -93,21 +91,6 @@ def test_apps_started_plainly_listen_on_loopback_only(app: str, helpers: Any) ->
 # ---------------------------------------------------------------- the apps under `make run`
 
 
-def websocket_status(port: int, host_header: str) -> int:
-    """The HTTP status a Streamlit app gives a WebSocket handshake addressed to ``host_header``
-    (101: accepted); the connection itself always goes to 127.0.0.1."""
-    key = base64.b64encode(os.urandom(16)).decode()
-    request = (
-        f"GET /_stcore/stream HTTP/1.1\r\nHost: {host_header}\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-        "Sec-WebSocket-Protocol: streamlit\r\n\r\n"
-    )
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(request.encode())
-        status_line = sock.recv(4096).split(b"\r\n", 1)[0]
-    return int(status_line.split()[1])
-
-
 def page(port: int, host_header: str) -> tuple[int, bytes]:
     """Status and body of the app's page ``/`` requested with ``host_header``."""
     request = f"GET / HTTP/1.1\r\nHost: {host_header}\r\nConnection: close\r\n\r\n"
@@ -152,13 +135,13 @@ def test_torchserve_host_0000_leaves_both_apps_on_loopback(apps_of_make_run: Any
 @pytest.mark.parametrize("foreign", ["rebound.example", "rebound.example:{port}", "0.0.0.0:{port}",
                                      "127.0.0.1.rebound.example:{port}", ""])  # fmt: skip
 def test_a_websocket_addressed_to_a_foreign_host_is_refused(
-    apps_of_make_run: Any, foreign: str
+    apps_of_make_run: Any, foreign: str, helpers: Any
 ) -> None:
     settings, _ = apps_of_make_run
     for port in (settings.console_port, settings.chat_port):
-        assert websocket_status(port, foreign.format(port=port)) == 403
-        assert websocket_status(port, f"127.0.0.1:{port}") == 101
-        assert websocket_status(port, f"localhost:{port}") == 101
+        assert helpers.websocket_status(port, foreign.format(port=port)) == 403
+        assert helpers.websocket_status(port, f"127.0.0.1:{port}") == 101
+        assert helpers.websocket_status(port, f"localhost:{port}") == 101
 
 
 def test_a_page_for_a_foreign_host_is_only_streamlits_empty_shell(apps_of_make_run: Any) -> None:

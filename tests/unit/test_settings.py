@@ -159,3 +159,9 @@ def test_streamlit_config_answers_the_loopback_names_only() -> None:
     assert tuple(config["server"]["allowedHosts"]) == LOOPBACK_HOSTNAMES
     assert config["server"]["address"] == Settings().apps_address
     assert config["server"]["enableCORS"] is True
+
+
+def test_readme_lists_every_variable() -> None:
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    missing = [name for name, _, _ in describe_settings() if f"| `{name}` |" not in readme]
+    assert not missing, missing
