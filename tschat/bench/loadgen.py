@@ -17,6 +17,7 @@ The console's Experiments page and ``benchmarks/`` both drive loads through :fun
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import math
 import threading
@@ -25,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from tschat.api.inference import ChatMessage, InferenceClient
+from tschat.api.inference import ChatMessage, ChatStream, InferenceClient
 from tschat.api.keys import KeyStore
 from tschat.errors import TsChatError
 
@@ -279,12 +280,14 @@ def run_load(
     Blocks until every request has finished or failed, or the time budget (``duration_s``
     for starting requests, plus ``timeout_s`` for the last ones to end) is spent.
     ``on_record`` is called from the client threads as each request ends (for progress).
-    Setting ``cancel`` stops the clients from sending more; requests under way finish.
+    Setting ``cancel`` stops the clients from sending more and closes the streams under way
+    (the server stops generating them); they are recorded as failed.
     """
     check_loopback(base_url)
     messages: list[ChatMessage] = [{"role": "user", "content": spec.prompt}]
     lock = threading.Lock()
     records: list[RequestRecord] = []
+    streams = _OpenStreams()
     t0 = time.perf_counter()
     deadline = t0 + spec.stagger_s * (spec.clients - 1) + spec.duration_s
     quotas = client_quotas(spec.requests, spec.clients)
@@ -300,7 +303,7 @@ def run_load(
             for _ in range(quotas[index]):
                 if time.perf_counter() >= deadline or (cancel is not None and cancel.is_set()):
                     break
-                record = _one_request(client, model, messages, spec, index, t0)
+                record = _one_request(client, model, messages, spec, index, t0, streams)
                 with lock:
                     records.append(record)
                 if on_record is not None:
@@ -317,11 +320,41 @@ def run_load(
     give_up = deadline + spec.timeout_s + 5.0
     # Short joins, so that Ctrl-C reaches this thread while clients are still streaming.
     while any(t.is_alive() for t in threads) and time.perf_counter() < give_up:
+        if cancel is not None and cancel.is_set():
+            streams.close_all()
         for thread in threads:
             thread.join(0.2)
     with lock:
         done = tuple(sorted(records, key=lambda r: r.started))
     return LoadResult(spec, done, summarize(done))
+
+
+class _OpenStreams:
+    """The streams the clients are reading, so that a cancel can close them all."""
+
+    def __init__(self) -> None:
+        self._streams: set[ChatStream] = set()
+        self._lock = threading.Lock()
+        self.closed = False
+
+    def add(self, stream: ChatStream) -> None:
+        with self._lock:
+            self._streams.add(stream)
+            closed = self.closed
+        if closed:  # opened while the cancel closed the others
+            stream.close()
+
+    def discard(self, stream: ChatStream) -> None:
+        with self._lock:
+            self._streams.discard(stream)
+
+    def close_all(self) -> None:
+        with self._lock:
+            self.closed = True
+            streams = list(self._streams)
+        for stream in streams:
+            with contextlib.suppress(Exception):  # closing from another thread may race
+                stream.close()
 
 
 def _one_request(
@@ -331,6 +364,7 @@ def _one_request(
     spec: LoadSpec,
     index: int,
     t0: float,
+    streams: _OpenStreams,
 ) -> RequestRecord:
     started = time.perf_counter() - t0
     times: list[float] = []
@@ -344,8 +378,12 @@ def _one_request(
             temperature=spec.temperature,
             seed=spec.seed,
         )
-        for _piece in stream:
-            times.append(time.perf_counter() - t0)
+        streams.add(stream)
+        try:
+            for _piece in stream:
+                times.append(time.perf_counter() - t0)
+        finally:
+            streams.discard(stream)
         tokens = stream.usage.completion_tokens if stream.usage is not None else len(times)
     except TsChatError as exc:
         error = f"{type(exc).__name__}: {exc}"
