@@ -197,11 +197,7 @@ class Experiment:
         registry = ServingRegistry.for_settings(self.settings, keys)
         try:
             for n, config in enumerate(self.configs, 1):
-                if (
-                    n > 1
-                    and not self._cancel.is_set()
-                    and not process.status(self.settings).running
-                ):
+                if n > 1 and not self._cancel.is_set() and not self._server_running():
                     self._stopped_by(SERVER_STOPPED)
                 if self._cancel.is_set():
                     break
