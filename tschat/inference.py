@@ -390,10 +390,16 @@ class InferenceClient:
         )
         return cast(ChatCompletion, _json_object(response))
 
-    def chat_stream(self, model: str, messages: Sequence[ChatMessage], **params: Any) -> ChatStream:
-        """Stream a chat answer: iterate the returned ChatStream for text deltas."""
+    def chat_stream(
+        self, model: str, messages: Sequence[ChatMessage], *, path: str | None = None, **params: Any
+    ) -> ChatStream:
+        """Stream a chat answer: iterate the returned ChatStream for text deltas.
+
+        ``path`` is another server's chat-completions path on this base URL (llama-server's
+        ``/v1/chat/completions``), instead of ``model``'s on TorchServe.
+        """
         body = _body(params, messages=list(messages), stream=True)
-        return self._stream(self._path(model, "chat/completions"), body, model)
+        return self._stream(path or self._path(model, "chat/completions"), body, model)
 
     def completions(self, model: str, prompt: str, **params: Any) -> dict[str, Any]:
         """One whole text completion for a raw prompt."""
