@@ -32,24 +32,13 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
-# The CPU build is portable: a native build picks up the AMX path in ggml-cpu, which crashes on some CPUs.
-portable="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_RPC=ON"
-case "$backend" in
-  cpu) cmake_args="$portable" ;;
-  cuda) cmake_args="$portable -DGGML_CUDA=on" ;;
-  metal) cmake_args="-DGGML_METAL=on -DGGML_RPC=ON" ;;
-  *) echo "unknown backend: $backend (cpu, cuda or metal)" >&2; exit 2 ;;
-esac
-cmake_args="$cmake_args ${LLAMA_EXTRA_CMAKE_ARGS:-}"
-
-# sha256sum and nproc are GNU tools; macOS has shasum and getconf.
-if command -v sha256sum >/dev/null 2>&1; then
-  flags_id=$(printf '%s' "$cmake_args" | sha256sum | cut -c1-12)
-else
-  flags_id=$(printf '%s' "$cmake_args" | shasum -a 256 | cut -c1-12)
-fi
-cores=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)
-cache_root=${LLAMA_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tschat/wheels}
+# shellcheck source=llama_cpp_flags.sh
+source "$(dirname "${BASH_SOURCE[0]}")/llama_cpp_flags.sh"
+llama_cmake_args "$backend" || exit 2
+cmake_args=$LLAMA_CMAKE_ARGS
+flags_id=$LLAMA_FLAGS_ID
+cores=$(llama_cores)
+cache_root=${LLAMA_WHEEL_CACHE:-$(llama_cache_root wheels)}
 wheel_dir="$cache_root/llama-cpp-python-$version-$backend-$flags_id"
 
 if ! ls "$wheel_dir"/llama_cpp_python-*.whl >/dev/null 2>&1; then
