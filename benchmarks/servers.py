@@ -6,14 +6,19 @@ import contextlib
 import shutil
 import signal
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
+from benchmarks.report import Target
 from tschat import process
 from tschat.auth import KeyStore
 from tschat.settings import Settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+Limit = TypeVar("Limit")
+Measured = TypeVar("Measured")
 
 
 def say(text: str) -> None:
@@ -63,3 +68,41 @@ def stop_on_signals() -> None:
     # A shell starts background jobs with SIGINT ignored; a benchmark should still stop on it.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, leave)
+
+
+def around_limits(
+    limits: Callable[[], list[Limit]],
+    served: Callable[[], list[Measured]],
+    mean: Callable[[Limit, Limit], Limit],
+) -> tuple[list[Limit], list[Measured]]:
+    """The in-process limits measured before and after the served cells, averaged.
+
+    On a shared machine speed drifts over minutes; the mean of both brackets the cells between.
+    """
+    before = limits()
+    cells = served()
+    say("In-process limits again, after the served cells:")
+    after = limits()
+    return [mean(a, b) for a, b in zip(before, after, strict=True)], cells
+
+
+def say_targets(targets: Sequence[Target]) -> None:
+    say("")
+    say("Targets (ratios within this run):")
+    for target in targets:
+        say("  " + target.line())
+
+
+def parse_clients(text: str) -> tuple[int, ...]:
+    """Client counts from "1,8,16".
+
+    >>> parse_clients("1,8,16")
+    (1, 8, 16)
+    """
+    try:
+        clients = tuple(int(c) for c in text.split(","))
+    except ValueError:
+        clients = ()
+    if not clients or any(c < 1 for c in clients):
+        raise SystemExit("--clients takes positive counts, e.g. 1,8,16")
+    return clients
