@@ -57,6 +57,7 @@ from tschat import process, store
 from tschat.experiments import ProcessSampler, ServedConfig, package_config, register_config
 from tschat.loadgen import LoadSpec, Target, format_summary, run_target, ttft_by_turn
 from tschat.management import ManagementClient
+from tschat.monitor import worker_engines
 from tschat.scenarios import DEFAULT_TURNS, DISTINCT, MULTI_TURN, SCENARIOS
 from tschat.settings import REPO_ROOT
 
@@ -190,6 +191,7 @@ class Served:
     target: Target
     pids: tuple[int, ...]
     frontend: int | None = None
+    engine: str = ""  # what the server's llama.cpp runs on, as it said when it started
 
 
 @contextlib.contextmanager
@@ -202,7 +204,14 @@ def ours(plan: PeerPlan, model: Path, keep: bool) -> Iterator[Served]:
             ManagementClient(settings, keys), config, f"{config.key}.mar", config.key
         )
         target = Target.torchserve(settings.inference_url, keys, config.key)
-        yield Served(OURS, target, tuple(pids), process.status(settings).pid)
+        engines = worker_engines(process.tail_log(settings, "model_log.log", 2000))
+        engine = "; ".join(
+            f"worker {pid}: backend {e.get('backend')}, {e.get('n_gpu_layers')} of "
+            f"{e.get('n_layers')} layers on a GPU, {e.get('n_threads')} threads"
+            for pid, e in engines.items()
+        )
+        say(f"Our server: {engine or 'no engine line in model_log.log'}")
+        yield Served(OURS, target, tuple(pids), process.status(settings).pid, engine)
 
 
 @contextlib.contextmanager
@@ -228,8 +237,8 @@ def the_peer(plan: PeerPlan, model: Path) -> Iterator[Served | None]:
         yield Served(PEER, server.target(), (server.pid,))
 
 
-def measure_servers(plan: PeerPlan, model: Path, keep: bool) -> list[Cell]:
-    """Every cell on both servers, alternating which goes first."""
+def measure_servers(plan: PeerPlan, model: Path, keep: bool) -> tuple[list[Cell], str]:
+    """Every cell on both servers, alternating which goes first; our engine's description."""
     cells: list[Cell] = []
     with ours(plan, model, keep) as mine, the_peer(plan, model) as theirs:
         servers = [s for s in (mine, theirs) if s is not None]
@@ -240,7 +249,7 @@ def measure_servers(plan: PeerPlan, model: Path, keep: bool) -> list[Cell]:
             for server in servers if n % 2 == 0 else servers[::-1]:
                 cells.append(measure_cell(server.name, server.target, spec, server.pids,
                                           server.frontend))  # fmt: skip
-    return cells
+        return cells, mine.engine
 
 
 # ---------------------------------------------------------------- the run
@@ -273,10 +282,15 @@ def run_against_peer(args: argparse.Namespace, model: Path, machine: str, comman
         f"{c.threads} threads; peer: {'llama-server' if plan.peer else 'none (--no-peer)'}"
     )
     started = time.monotonic()
+    engine: list[str] = []
+
+    def served_cells() -> list[Cell]:
+        cells, description = measure_servers(plan, model, args.keep)
+        engine.append(description)
+        return cells
+
     limits, served = around_limits(
-        lambda: measure_limits(plan, model),
-        lambda: measure_servers(plan, model, args.keep),
-        report.mean_cell,
+        lambda: measure_limits(plan, model), served_cells, report.mean_cell
     )
     cells = served + limits
     targets = report.evaluate_goals(cells)
@@ -291,7 +305,10 @@ def run_against_peer(args: argparse.Namespace, model: Path, machine: str, comman
     csv_path = out / f"peer-{stamp}.csv"
     csv_path.write_text(report.cells_csv(cells), encoding="utf-8")
     md_path = out / f"peer-{stamp}.md"
-    md_path.write_text(report.peer_report(cells, targets, machine, command), encoding="utf-8")
+    notes = f"Our server's engine: {engine[0]}" if engine and engine[0] else ""
+    md_path.write_text(
+        report.peer_report(cells, targets, machine, command, notes), encoding="utf-8"
+    )
     html_path = report.write_peer_chart(
         cells, out / f"peer-{stamp}.html", f"{model.name}: {machine}"
     )
