@@ -7,7 +7,7 @@ set -euo pipefail
 
 usage() {
   cat <<USAGE
-Usage: $(basename "$0") [--python PYTHON] [--backend cpu|cuda|metal] [--version VERSION]
+Usage: $(basename "$0") [--python PYTHON] [--backend cpu|cuda|metal] [--version VERSION] [--no-install]
 
 Builds llama-cpp-python from source for the backend and installs it into PYTHON's environment.
 The built wheel is kept under \${LLAMA_WHEEL_CACHE:-~/.cache/tschat/wheels}, so later runs skip the build.
@@ -15,6 +15,7 @@ The built wheel is kept under \${LLAMA_WHEEL_CACHE:-~/.cache/tschat/wheels}, so 
   --python   interpreter to install into (default: python3)
   --backend  cpu (portable AVX2 build, default), cuda (-DGGML_CUDA=on) or metal (-DGGML_METAL=on)
   --version  llama-cpp-python version (default: 0.3.36)
+  --no-install  build (or find) the wheel only, and print its path last
   Extra CMake flags can be appended with LLAMA_EXTRA_CMAKE_ARGS (for example -DGGML_RPC=ON).
 USAGE
 }
@@ -22,11 +23,13 @@ USAGE
 python=python3
 backend=${LLAMA_BACKEND:-cpu}
 version=${LLAMA_CPP_VERSION:-0.3.36}
+install=1
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --python) python=$2; shift 2 ;;
     --backend) backend=$2; shift 2 ;;
     --version) version=$2; shift 2 ;;
+    --no-install) install=0; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -52,6 +55,10 @@ if ! ls "$wheel_dir"/llama_cpp_python-*.whl >/dev/null 2>&1; then
   rm -rf "$wheel_dir"
   mv "$wheel_dir.tmp" "$wheel_dir"
   printf '%s\n' "$cmake_args" >"$wheel_dir/CMAKE_ARGS"
+fi
+if [[ $install -eq 0 ]]; then
+  ls "$wheel_dir"/llama_cpp_python-*.whl
+  exit 0
 fi
 "$python" -m pip install --quiet --no-warn-conflicts "$wheel_dir"/llama_cpp_python-*.whl
 echo "llama-cpp-python $version ($backend) installed from $wheel_dir"
