@@ -1,6 +1,6 @@
 # make run    set everything up (first time: several minutes), then serve the model and both apps
 # make test   set up, add the test tools, run the whole test suite
-# make bench  this server against llama-server, same load (about 10 minutes; not part of test)
+# make bench  this server against llama-server, same load (~20 minutes on 2 cores; not part of test)
 #
 # Each install step leaves a stamp file in the virtual environment, so a second run installs
 # nothing.  Variables can be overridden: make run BACKEND=cuda, make test PYTEST_ARGS="-k gguf".

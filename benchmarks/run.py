@@ -1,6 +1,6 @@
 """Measure this project's server against llama-server, cell by cell, next to the in-process limits.
 
-    python -m benchmarks.run                     # about 10 minutes on 2 cores
+    python -m benchmarks.run                     # about 20 minutes on 2 shared cores
     python -m benchmarks.run --quick             # a few minutes
     python -m benchmarks.run --no-peer           # our server only (where llama-server is not built)
     python -m benchmarks.run --compare-batching  # the batching configurations side by side
