@@ -110,12 +110,19 @@ def test_start_register_watch_and_stop(
     assert "Traceback" not in app.log.read_text(errors="replace")
 
 
+def _console_of_a_stopped_server(
+    streamlit_app: StartApp, helpers: Helpers, tmp_path: Path
+) -> tuple[Settings, RunningApp]:
+    """The console, for a TorchServe that is not started, with an empty model store."""
+    settings = helpers.make_settings(tmp_path)
+    settings.model_store.mkdir(parents=True)
+    return settings, streamlit_app("server_app.py", helpers.free_port(), settings.as_env())
+
+
 def test_start_clicked_in_two_tabs_runs_one_torchserve(
     browser: Browser, streamlit_app: StartApp, helpers: Helpers, tmp_path: Path
 ) -> None:
-    settings = helpers.make_settings(tmp_path)
-    settings.model_store.mkdir(parents=True)
-    app = streamlit_app("server_app.py", helpers.free_port(), settings.as_env())
+    settings, app = _console_of_a_stopped_server(streamlit_app, helpers, tmp_path)
     first, second = _open(browser, app.url), _open(browser, app.url)
     try:
         for page in (first, second):
@@ -155,12 +162,10 @@ HIDE_PAGE_JS = """
 """
 
 
-def test_a_hidden_page_asks_for_no_refresh(
+def test_a_hidden_page_or_a_quiet_tab_asks_for_no_refresh(
     browser: Browser, streamlit_app: StartApp, helpers: Helpers, tmp_path: Path
 ) -> None:
-    settings = helpers.make_settings(tmp_path)
-    settings.model_store.mkdir(parents=True)
-    app = streamlit_app("server_app.py", helpers.free_port(), settings.as_env())
+    _, app = _console_of_a_stopped_server(streamlit_app, helpers, tmp_path)
     page = browser.new_page(viewport=VIEWPORT)
     page.set_default_timeout(SLOW_MS)
     sent: list[object] = []  # every message the page sends the console (a refresh is one)
@@ -184,6 +189,9 @@ def test_a_hidden_page_asks_for_no_refresh(
         page.evaluate(HIDE_PAGE_JS, False)
         page.wait_for_timeout(3000)
         assert sent_during(7) >= 2, "shown again, it refreshes again"
+        page.get_by_role("tab", name="Models").click()
+        page.wait_for_timeout(3000)
+        assert sent_during(7) == 0, "a tab without live parts refreshes nothing"
     finally:
         page.close()
     assert "Traceback" not in app.log.read_text(errors="replace")
