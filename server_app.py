@@ -4,7 +4,9 @@
 
 Widgets and session state only. Everything shown is asked of the OS and the server on each run
 (tschat.ops.process.status, the management and metrics APIs), never remembered, so a refresh, a
-second tab or a server started elsewhere shows the truth. The work is done by the tschat package.
+second tab or a server started elsewhere shows the truth; only the live view's refresh shares
+one read among the open pages for most of a refresh interval, and reads again at once when the
+page's last run saw another server state. The work is done by the tschat package.
 """
 
 from __future__ import annotations
