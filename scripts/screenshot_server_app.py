@@ -120,7 +120,7 @@ def run_experiment(page: Any, output: Path) -> None:
     page.get_by_role("option", name="off", exact=True).click()
     page.get_by_role("tab", name="Experiments").click()
     for label, value in (("Requests per client", "1"), ("Answer length (tokens)", "48")):
-        field = page.get_by_label(label)
+        field = page.get_by_role("spinbutton", name=label, exact=True)
         field.fill(value)
         field.press("Tab")  # Streamlit takes a number when the field loses focus
     page.get_by_role("button", name="Run experiment").click()
