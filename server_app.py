@@ -4,7 +4,9 @@
 
 Widgets and session state only. Everything shown is asked of the OS and the server on each run
 (tschat.ops.process.status, the management and metrics APIs), never remembered, so a refresh, a
-second tab or a server started elsewhere shows the truth. The work is done by the tschat package.
+second tab or a server started elsewhere shows the truth; only the live view's refresh shares
+one read among the open pages for most of a refresh interval, and reads again at once when the
+page's last run saw another server state. The work is done by the tschat package.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ import pandas as pd
 import streamlit as st
 
 from apps import figures, tables
+from apps.page_visibility import page_hidden
 from tschat.api.management import ModelStatus
-from tschat.api.metrics import fetch_metrics
 from tschat.bench import experiments, runner
+from tschat.bench.scenarios import DISTINCT, MULTI_TURN, SCENARIOS, SHARED_PREFIX
 from tschat.errors import StartupFailed, TsChatError
 from tschat.ops import monitor, packaging, password, process, store
 from tschat.ops.quantize import QUANTIZATIONS
@@ -39,6 +42,8 @@ HISTORY = "metrics_history"  # monitor.MetricsHistory of this browser tab
 HISTORY_OF = "metrics_history_of"  # which model the history is for
 SEEN = "seen_state"  # (running, registered models) the page was last drawn for
 REFRESH = "refresh"
+PAGE_TAB = "page_tab"  # the tab shown: only its live part refreshes
+PAGE_VISIBILITY = "page_visibility"  # whether the browser shows the page
 MODEL_PICK = "model_pick"
 ARCHIVE_PICK = "archive_pick"
 SCALE_MIN, SCALE_MAX = "scale_min", "scale_max"
@@ -56,8 +61,21 @@ EXP_CONTINUOUS = "experiment_continuous"
 EXP_CLIENTS, EXP_ROUNDS = "experiment_clients", "experiment_rounds"
 EXP_TOKENS, EXP_WORDS = "experiment_max_tokens", "experiment_prompt_words"
 EXP_STAGGER, EXP_GGUF = "experiment_stagger", "experiment_gguf"
+EXP_SCENARIO = "experiment_scenario"
 
 REFRESH_CHOICES = {"2 s": 2.0, "5 s": 5.0, "10 s": 10.0, "30 s": 30.0, "off": None}
+# The charts are redrawn at most this often: redrawing four Plotly charts costs the browser
+# and the console more than everything else a refresh does; the figures above them keep pace.
+CHARTS_EVERY_S = 10.0
+# A refresh reuses the server's last read when it is younger than this share of the interval,
+# so that every open page together reads the server about once per interval.
+SHARED_READ_AGE = 0.75
+TABS = ("Live view", "Models", "Model store", "Experiments", "Logs")
+SCENARIO_LABELS = {
+    DISTINCT: "Distinct prompts",
+    MULTI_TURN: "Multi-turn chats",
+    SHARED_PREFIX: "Shared system prompt",
+}
 ALL_MODELS = "all models"
 NO_QUANTIZATION = "keep as is"
 LOG_FILES = ("ts_log.log", "model_log.log", "access_log.log", "console.log")
@@ -108,6 +126,7 @@ def _act(spinner: str, action: Callable[[], str], *, forget: Sequence[str] = ())
     """
     with st.spinner(spinner):
         message = _attempt(action)
+    _live_reads.clear()  # the live view reads the server again, not from before the action
     if message is not None:
         st.session_state[NOTICE] = ("success", message, "")
         for key in forget:
@@ -223,35 +242,51 @@ def _sidebar(settings: Settings) -> None:
             list(REFRESH_CHOICES),
             index=1,
             key=REFRESH,
-            help="How often the live view and the logs ask the server again.",
+            help="How often the live view (or the logs, when shown) asks the server again; "
+            f"the charts at most every {CHARTS_EVERY_S:g} s. A page in a background tab asks "
+            "nothing.",
         )
 
 
 # ---------------------------------------------------------------- live view
 
 
-def _live_view(settings: Settings) -> None:
-    server = process.status(settings)
-    registry = _registry(settings)
-    models: list[ModelStatus] = []
-    if server.running:
-        models = (
-            _attempt(lambda: monitor.registered_models(registry.management), report_to=st) or []
-        )
-    if (server.running, tuple(m.name for m in models)) != st.session_state.get(SEEN):
-        st.rerun()  # started, stopped, registered or unregistered elsewhere: redraw it all
-    st.caption(f"Updated {datetime.now().strftime('%H:%M:%S')}. {server.summary}")
+LiveReads = monitor.SharedSnapshot[monitor.LiveSnapshot]
+
+
+@st.cache_resource
+def _live_reads(server_key: str, _settings: Settings) -> LiveReads:
+    """The live view's reads of one server, shared by every page of this console process."""
+    management = _registry(_settings).management
+    return monitor.SharedSnapshot(lambda: monitor.live_snapshot(_settings, management))
+
+
+def _shared_reads(settings: Settings) -> LiveReads:
+    return _live_reads(repr(settings), settings)
+
+
+def _live_view(settings: Settings, every: float | None) -> None:
+    reads = _shared_reads(settings)
+    snapshot = reads.get(max_age_s=SHARED_READ_AGE * every if every else 0.0)
+    if snapshot.seen != st.session_state.get(SEEN):
+        reads.invalidate()  # perhaps read before this page last changed something: read again
+        snapshot = reads.get(max_age_s=0.0)
+        if snapshot.seen != st.session_state.get(SEEN):
+            st.rerun()  # started, stopped, registered or unregistered elsewhere: redraw it all
+    server = snapshot.server
+    st.caption(f"Updated {snapshot.at:%H:%M:%S}. {server.summary}")
     if not server.running:
         st.info("Nothing to watch while TorchServe is stopped.")
         return
-    if not models:
+    if snapshot.models_error is not None:
+        st.error(snapshot.models_error)
+    elif not snapshot.models:
         st.info("No model is registered. Register one in the Models tab.")
-    engines = monitor.worker_engines(process.tail_log(settings, "model_log.log", lines=2000))
-    restarts = monitor.worker_restarts(process.tail_log(settings, "ts_log.log", lines=4000))
-    for status in models:
+    for status in snapshot.models:
+        restarts = snapshot.restarts
         mine = [r for r in restarts if (r.model, r.version) == (status.name, status.version)]
-        _model_panel(status, engines, mine)
-    _charts(settings, [m.name for m in models])
+        _model_panel(status, snapshot.engines or {}, mine)
+    _charts(snapshot)
 
 
 def _model_panel(
@@ -278,17 +313,18 @@ def _model_panel(
         st.warning(f"{status.name} has no workers: scale it to at least one in the Models tab.")
 
 
-def _charts(settings: Settings, names: list[str]) -> None:
-    choices = [ALL_MODELS, *names]
+def _charts(snapshot: monitor.LiveSnapshot) -> None:
+    choices = [ALL_MODELS, *(m.name for m in snapshot.models)]
     watched = st.selectbox("Charts for", choices, index=1 if len(choices) == 2 else 0)
     history: monitor.MetricsHistory = st.session_state.setdefault(HISTORY, monitor.MetricsHistory())
     if st.session_state.get(HISTORY_OF) != watched:
         history.clear()
         st.session_state[HISTORY_OF] = watched
-    samples = _attempt(lambda: fetch_metrics(settings, monitor.METRIC_NAMES), report_to=st)
-    if samples is not None:
+    if snapshot.metrics_error is not None:
+        st.error(snapshot.metrics_error)
+    else:
         model = None if watched == ALL_MODELS else watched
-        history.add(monitor.MetricsSnapshot.from_samples(samples, datetime.now(), model))
+        history.add(monitor.MetricsSnapshot.from_samples(snapshot.samples, snapshot.at, model))
     latest = history.latest()
     if latest is not None:
         served, tokens, ttft, speed = st.columns(4)
@@ -296,6 +332,14 @@ def _charts(settings: Settings, names: list[str]) -> None:
         tokens.metric("Tokens generated", f"{latest.generated_tokens:,.0f}")
         ttft.metric("Last time to first token", _unit(latest.ttft_ms, "ms"))
         speed.metric("Last decode speed", _unit(latest.tokens_per_s, "tokens/s"))
+
+
+def _live_charts() -> None:
+    """The charts of the metrics the live view has gathered (drawing them costs the most)."""
+    running, models = st.session_state.get(SEEN, (False, ()))
+    if not running or not models:
+        return
+    history: monitor.MetricsHistory = st.session_state.setdefault(HISTORY, monitor.MetricsHistory())
     frame = pd.DataFrame(history.rows())
     if len(frame) < 2:
         st.caption("The charts fill in as the live view refreshes.")
@@ -570,14 +614,14 @@ def _package(gguf: Path, options: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- experiments
 
 
-def _experiments(settings: Settings, server: process.ServerStatus) -> None:
+def _experiments(settings: Settings, server: process.ServerStatus, hidden: bool) -> None:
     experiment = _experiment_slots().current(settings)
     if experiment is not None and experiment.state().running:
         st.caption(
             "The live view and the logs stop refreshing until the experiment ends, so that "
             "drawing them takes no CPU from the measurement."
         )
-        st.fragment(_experiment_progress, run_every=2.0)(experiment)
+        st.fragment(_experiment_progress, run_every=None if hidden else 2.0)(experiment)
         return
     st.caption(
         "Measure serving configurations side by side on this server: each is packaged from a "
@@ -611,6 +655,7 @@ def _experiment_form(settings: Settings) -> None:
             EXP_WORDS: 0,
             EXP_STAGGER: 0.0,
             EXP_GGUF: str(default_gguf) if default_gguf else "",
+            EXP_SCENARIO: DISTINCT,
         }
     )
     with st.expander("Add a configuration"):
@@ -630,11 +675,40 @@ def _experiment_form(settings: Settings) -> None:
             format_func=lambda key: configs[key].label,
             key=EXP_CONFIGS,
         )
+        st.radio(
+            "Load",
+            SCENARIOS,
+            format_func=SCENARIO_LABELS.__getitem__,
+            horizontal=True,
+            key=EXP_SCENARIO,
+            help="Distinct prompts: every request asks something else, with a spread of "
+            "prompt and answer lengths. Multi-turn chats: each client holds one chat and "
+            "re-sends its history each turn. Shared system prompt: every request the same "
+            "prompt, whose beginning the prefix cache reuses.",
+        )
         clients, rounds, tokens, words, stagger = st.columns(5)
         clients.multiselect("Concurrent clients", CLIENT_CHOICES, key=EXP_CLIENTS)
-        rounds.number_input("Requests per client", min_value=1, max_value=50, key=EXP_ROUNDS)
-        tokens.number_input("Answer length (tokens)", min_value=1, max_value=2048, key=EXP_TOKENS)
-        words.number_input("Prompt length (words)", min_value=0, max_value=1500, key=EXP_WORDS)
+        rounds.number_input(
+            "Requests per client",
+            min_value=1,
+            max_value=50,
+            key=EXP_ROUNDS,
+            help="In multi-turn chats: the turns of each client's chat.",
+        )
+        tokens.number_input(
+            "Answer length (tokens)",
+            min_value=1,
+            max_value=2048,
+            key=EXP_TOKENS,
+            help="The longest answer; distinct prompts and chats draw shorter ones too.",
+        )
+        words.number_input(
+            "Prompt length (words)",
+            min_value=0,
+            max_value=1500,
+            key=EXP_WORDS,
+            help="The shared system prompt's length (the other loads bring their own prompts).",
+        )
         stagger.number_input(
             "Arrivals apart (s)",
             min_value=0.0,
@@ -688,6 +762,7 @@ def _start_experiment(
         max_tokens=int(st.session_state[EXP_TOKENS]),
         prompt=make_prompt(int(st.session_state[EXP_WORDS])),
         stagger_s=float(st.session_state[EXP_STAGGER]),
+        scenario=str(st.session_state[EXP_SCENARIO]),
     )
     chosen = [configs[key] for key in st.session_state[EXP_CONFIGS] if key in configs]
     gguf = Path(str(st.session_state[EXP_GGUF]).strip()).expanduser()
@@ -716,21 +791,21 @@ def _experiment_results(state: runner.ExperimentState, chart: bool = True) -> No
         took = state.finished - state.started
         st.subheader("Last experiment")
         st.caption(f"Started at {started}, {how} after {took:.0f} s.")
+    plan = state.plan
+    st.caption(
+        f"Load: {SCENARIO_LABELS[plan.scenario].lower()}, answers of at most {plan.max_tokens} "
+        "tokens."
+    )
     for error in state.errors:
         st.warning(f"Not measured: {error}")
     if not state.rows:
         return
-    left, table = st.columns(2) if chart else (None, st.container())
-    if left is not None:
-        figure = figures.comparison_figure(state.rows, "")
-        figure.update_layout(
-            margin={"l": 10, "r": 10, "t": 40, "b": 10}, legend={"orientation": "h"}
-        )
-        left.plotly_chart(figure, key="experiment_chart")
-    table.dataframe(
+    if chart:
+        st.plotly_chart(figures.comparison_figure(state.rows, ""), key="experiment_chart")
+    st.dataframe(
         pd.DataFrame(tables.experiment_rows(state.rows)), hide_index=True, key="experiment_table"
     )
-    table.download_button(
+    st.download_button(
         "Download CSV",
         experiments.csv_text(state.rows),
         file_name=f"experiment-{datetime.fromtimestamp(state.started):%Y%m%d-%H%M%S}.csv",
@@ -784,23 +859,29 @@ def main() -> None:
     st.session_state[SEEN] = (server.running, tuple(m.name for m in models or []))
     _server(settings, server)
 
-    every = REFRESH_CHOICES[st.session_state.get(REFRESH, "5 s")]
+    # A hidden page (a background tab, a minimised window) refreshes nothing.
+    hidden = page_hidden(PAGE_VISIBILITY)
+    every = None if hidden else REFRESH_CHOICES[st.session_state.get(REFRESH, "5 s")]
     experiment = _experiment_slots().current(settings)
     if experiment is not None and experiment.state().running:
         every = None  # redrawing the live view would take CPU from the measurement
+    # Every tab is drawn on each run, but only the one shown refreshes (switching reruns).
     live, models_tab, archives, experiments_tab, logs = st.tabs(
-        ["Live view", "Models", "Model store", "Experiments", "Logs"]
+        TABS, key=PAGE_TAB, on_change="rerun"
     )
+    live_every = every if live.open is not False else None
     with live:
-        st.fragment(_live_view, run_every=every)(settings)
+        st.fragment(_live_view, run_every=live_every)(settings, every)
+        charts_every = max(live_every, CHARTS_EVERY_S) if live_every else None
+        st.fragment(_live_charts, run_every=charts_every)()
     with models_tab:
         _models(settings, server, models)
     with archives:
         _model_store(settings)
     with experiments_tab:
-        _experiments(settings, server)
+        _experiments(settings, server, hidden)
     with logs:
-        st.fragment(_logs, run_every=every)(settings)
+        st.fragment(_logs, run_every=every if logs.open is not False else None)(settings)
 
 
 main()

@@ -38,21 +38,31 @@ def metrics_figure(frame: pd.DataFrame, title: str, columns: Sequence[str]) -> g
     return figure
 
 
+COMPARISON_TITLES = (
+    "Aggregate tokens/s",
+    "Time to first token (ms)",
+    "Inter-token latency (ms)",
+    "Worker memory, peak total (MB)",
+)
+PERCENTILES = "solid p50, dotted p95"
+LEGEND_LINE_PX = 21
+
+
 def comparison_figure(rows: Sequence[Row], title: str, limits: Sequence[Row] = ()) -> go.Figure:
     """Throughput, time to first token, inter-token latency and memory of served rows.
 
     Staggered cells are left out (their client count is an arrival pattern, not a level);
     ``limits`` (in-process figures) are drawn as horizontal lines on the throughput chart.
+    Laid out to read at 700 pixels wide and more: short titles with room between the rows, the
+    legend above the charts (one line per entry), the memory bars named by configuration key
+    (the legend and the hover give the full label), every axis given the margin its labels need.
     """
     fig = make_subplots(
         rows=2,
         cols=2,
-        subplot_titles=(
-            "Aggregate tokens/s",
-            "Time to first token (ms; solid p50, dotted p95)",
-            "Inter-token latency (ms; solid p50, dotted p95)",
-            "Worker memory, peak total (MB)",
-        ),
+        subplot_titles=COMPARISON_TITLES,
+        horizontal_spacing=0.14,
+        vertical_spacing=0.24,
     )
     served = [r for r in rows if not r.stagger_s]
     configs = list(dict.fromkeys(r.config for r in served))
@@ -74,7 +84,7 @@ def comparison_figure(rows: Sequence[Row], title: str, limits: Sequence[Row] = (
                     x=x,
                     y=[getattr(r.summary, attr) for r in cells],
                     mode="lines+markers",
-                    name=cells[0].label,
+                    name=f"{config}: {cells[0].label}",
                     legendgroup=config,
                     showlegend=legend,
                     line={"color": color, "dash": dash},
@@ -97,8 +107,8 @@ def comparison_figure(rows: Sequence[Row], title: str, limits: Sequence[Row] = (
     for attr, name, color in bars:
         fig.add_trace(
             go.Bar(
-                x=labels, y=[peak_total(rows, c, attr) for c in configs], name=name,
-                marker_color=color,
+                x=configs, y=[peak_total(rows, c, attr) for c in configs], name=name,
+                marker_color=color, hovertext=labels,
             ),
             2,
             2,
@@ -108,5 +118,29 @@ def comparison_figure(rows: Sequence[Row], title: str, limits: Sequence[Row] = (
         fig.update_xaxes(
             title_text="concurrent clients", type="log", tickvals=ticks, row=row_i, col=col_i
         )
-    fig.update_layout(title=title, height=800, barmode="group")
+    for row_i, col_i in ((1, 2), (2, 1)):
+        fig.update_yaxes(title_text=PERCENTILES, row=row_i, col=col_i)
+    fig.update_xaxes(automargin=True)
+    fig.update_yaxes(automargin=True, rangemode="tozero")
+    fig.update_annotations(font_size=14)  # the subplot titles
+    # The legend above the charts, one entry a line: it needs a known height, and the titles
+    # of the upper charts sit below it.
+    legend_px = LEGEND_LINE_PX * (len(configs) + len(bars))
+    title_px = 40 if title else 0
+    height = 640 + title_px + legend_px
+    fig.update_layout(
+        title={"text": title, "y": 1, "yref": "container", "yanchor": "top"} if title else None,
+        height=height,
+        barmode="group",
+        margin={"l": 10, "r": 10, "t": title_px + legend_px + 60, "b": 10},
+        legend={
+            "orientation": "v",
+            "tracegroupgap": 0,
+            "x": 0,
+            "xanchor": "left",
+            "y": 1 - (title_px + 5) / height,
+            "yref": "container",
+            "yanchor": "top",
+        },
+    )
     return fig

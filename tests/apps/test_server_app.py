@@ -253,6 +253,40 @@ def test_live_view_shows_workers_queue_and_charts(
     assert len(live_charts) == 4
 
 
+def test_open_pages_share_one_read_of_the_server(
+    console_server: Settings,
+    open_console: Callable[[Settings], OpenConsole],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tschat.ops import monitor
+
+    open_console(console_server)  # the console's settings
+    reads: list[Settings] = []
+    read = monitor.live_snapshot
+
+    def counted(settings: Settings, management: ManagementClient) -> monitor.LiveSnapshot:
+        reads.append(settings)
+        return read(settings, management)
+
+    monkeypatch.setattr(monitor, "live_snapshot", counted)
+
+    def page(refresh: str) -> AppTest:
+        tab = AppTest.from_file(APP, default_timeout=SLOW_S)
+        tab.session_state["refresh"] = refresh
+        tab.run()
+        assert not tab.exception, tab.exception
+        assert any(c.value.startswith("Updated ") for c in tab.caption)
+        return tab
+
+    page("off")  # refresh off: every run reads the server
+    assert len(reads) == 1
+    for _ in range(3):  # three more pages refreshing every 30 s: they share that read
+        page("30 s")
+    assert len(reads) == 1
+    page("off")
+    assert len(reads) == 2
+
+
 def test_scale_workers_live(console: OpenConsole, management: ManagementClient) -> None:
     _registered(management)
     tab = console()

@@ -110,12 +110,19 @@ def test_start_register_watch_and_stop(
     assert "Traceback" not in app.log.read_text(errors="replace")
 
 
+def _console_of_a_stopped_server(
+    streamlit_app: StartApp, helpers: Helpers, tmp_path: Path
+) -> tuple[Settings, RunningApp]:
+    """The console, for a TorchServe that is not started, with an empty model store."""
+    settings = helpers.make_settings(tmp_path)
+    settings.model_store.mkdir(parents=True)
+    return settings, streamlit_app("server_app.py", helpers.free_port(), settings.as_env())
+
+
 def test_start_clicked_in_two_tabs_runs_one_torchserve(
     browser: Browser, streamlit_app: StartApp, helpers: Helpers, tmp_path: Path
 ) -> None:
-    settings = helpers.make_settings(tmp_path)
-    settings.model_store.mkdir(parents=True)
-    app = streamlit_app("server_app.py", helpers.free_port(), settings.as_env())
+    settings, app = _console_of_a_stopped_server(streamlit_app, helpers, tmp_path)
     first, second = _open(browser, app.url), _open(browser, app.url)
     try:
         for page in (first, second):
@@ -142,3 +149,49 @@ def test_start_clicked_in_two_tabs_runs_one_torchserve(
         first.close()
         second.close()
         process.stop(settings)
+
+
+HIDE_PAGE_JS = """
+(hidden) => {
+  // What the browser does when the tab goes to the background or comes back.
+  const state = hidden ? "hidden" : "visible";
+  Object.defineProperty(document, "visibilityState", { value: state, configurable: true });
+  Object.defineProperty(document, "hidden", { value: hidden, configurable: true });
+  document.dispatchEvent(new Event("visibilitychange"));
+}
+"""
+
+
+def test_a_hidden_page_or_a_quiet_tab_asks_for_no_refresh(
+    browser: Browser, streamlit_app: StartApp, helpers: Helpers, tmp_path: Path
+) -> None:
+    _, app = _console_of_a_stopped_server(streamlit_app, helpers, tmp_path)
+    page = browser.new_page(viewport=VIEWPORT)
+    page.set_default_timeout(SLOW_MS)
+    sent: list[object] = []  # every message the page sends the console (a refresh is one)
+    page.on("websocket", lambda ws: ws.on("framesent", lambda frame: sent.append(frame)))
+
+    def sent_during(seconds: float) -> int:
+        before = len(sent)
+        page.wait_for_timeout(seconds * 1000)  # (Playwright's events arrive while it waits)
+        return len(sent) - before
+
+    try:
+        page.goto(app.url)
+        _text(page, "Nothing to watch while TorchServe is stopped")
+        page.get_by_role("combobox", name="Live view refresh").click()
+        page.get_by_role("option", name="2 s", exact=True).click()
+        page.wait_for_timeout(3000)
+        assert sent_during(7) >= 2, "a shown page refreshes every 2 s"
+        page.evaluate(HIDE_PAGE_JS, True)
+        page.wait_for_timeout(3000)  # the rerun that tells the console
+        assert sent_during(8) == 0, "a hidden page refreshes nothing"
+        page.evaluate(HIDE_PAGE_JS, False)
+        page.wait_for_timeout(3000)
+        assert sent_during(7) >= 2, "shown again, it refreshes again"
+        page.get_by_role("tab", name="Models").click()
+        page.wait_for_timeout(3000)
+        assert sent_during(7) == 0, "a tab without live parts refreshes nothing"
+    finally:
+        page.close()
+    assert "Traceback" not in app.log.read_text(errors="replace")

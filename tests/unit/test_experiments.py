@@ -66,8 +66,29 @@ def test_load_plan_cells_and_request_counts() -> None:
     assert plan.requests_in(batch8) == 3 + 8 + 8 + warmup.requests
 
 
+def test_load_plan_scenarios() -> None:
+    chats = LoadPlan(clients=(2,), rounds=3, min_requests=1, scenario="multi-turn")
+    spec = chats.spec(2, 0.0, first=5)
+    assert (spec.scenario, spec.turns, spec.first, spec.requests) == ("multi-turn", 3, 5, 6)
+    assert [c.requests for c in spec.conversations()] == [3, 3]  # one chat per client
+    assert chats.spec(4, 0.5).requests == 12  # arriving one by one: still a chat each
+    distinct = LoadPlan(clients=(2,), rounds=2, min_requests=1, scenario="distinct")
+    prompts = {c.turns[0].user for c in distinct.spec(2, 0.0).conversations()}
+    assert len(prompts) == 4
+    later = {c.turns[0].user for c in distinct.spec(2, 0.0, first=4).conversations()}
+    assert not prompts & later
+    assert LoadPlan().scenario == "shared-prefix"  # the batching comparison's load
+
+
 @pytest.mark.parametrize(
-    "options", [{"clients": ()}, {"clients": (0,)}, {"rounds": 0}, {"stagger_s": -1.0}]
+    "options",
+    [
+        {"clients": ()},
+        {"clients": (0,)},
+        {"rounds": 0},
+        {"stagger_s": -1.0},
+        {"scenario": "same old question"},
+    ],
 )
 def test_load_plan_refuses_nonsense(options: dict) -> None:
     with pytest.raises(BadRequest):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import math
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from pathlib import Path
 from tschat.api.keys import KeyStore
 from tschat.bench.loadgen import DEFAULT_INSTRUCTION, LoadSpec, RequestRecord, Summary, run_load
 from tschat.bench.sampler import ProcessSampler
+from tschat.bench.scenarios import MULTI_TURN, SCENARIOS, SHARED_PREFIX
 from tschat.errors import BadRequest
 from tschat.ops import process, store
 from tschat.ops.packaging import PackageOptions, package_model
@@ -214,7 +216,12 @@ def peak_total(rows: Iterable[Row], config: str, attr: str) -> float | None:
 
 @dataclass(frozen=True)
 class LoadPlan:
-    """The load each configuration is put under."""
+    """The load each configuration is put under.
+
+    ``scenario`` picks what the clients ask (:mod:`tschat.bench.scenarios`): ``max_tokens`` is
+    then the largest answer cap drawn, ``prompt`` is the shared-prefix prompt, and in
+    multi-turn each client's chat has ``rounds`` turns.
+    """
 
     clients: tuple[int, ...] = (1, 4, 8, 16)
     rounds: int = 2  # requests per client in each cell
@@ -224,6 +231,7 @@ class LoadPlan:
     stagger_s: float = 0.0  # > 0: one more cell per batching config, clients arriving this apart
     staggered_clients: int = 8
     timeout_s: float = 180.0
+    scenario: str = SHARED_PREFIX
 
     def __post_init__(self) -> None:
         if not self.clients or any(c < 1 for c in self.clients):
@@ -232,9 +240,19 @@ class LoadPlan:
             raise BadRequest("Requests per client and answer length must be at least 1.")
         if self.stagger_s < 0:
             raise BadRequest("The time between arrivals cannot be negative.")
+        if self.scenario not in SCENARIOS:
+            raise BadRequest(f"Unknown load {self.scenario!r}: pick one of {', '.join(SCENARIOS)}.")
 
     def requests_for(self, clients: int) -> int:
-        return max(clients * self.rounds, self.min_requests)
+        """Requests in a cell of ``clients`` (multi-turn: whole chats of ``rounds`` turns).
+
+        >>> LoadPlan(rounds=3, scenario="multi-turn").requests_for(1)
+        6
+        """
+        requests = max(clients * self.rounds, self.min_requests)
+        if self.scenario == MULTI_TURN:
+            return math.ceil(requests / self.rounds) * self.rounds
+        return requests
 
     def cells(self, config: ServedConfig) -> list[tuple[int, float]]:
         """(clients, stagger) of every cell measured for ``config``."""
@@ -243,8 +261,11 @@ class LoadPlan:
             cells.append((self.staggered_clients, self.stagger_s))
         return cells
 
-    def spec(self, clients: int, stagger_s: float) -> LoadSpec:
+    def spec(self, clients: int, stagger_s: float, first: int = 0) -> LoadSpec:
+        """The load of one cell; ``first``: its first conversation, so cells ask other things."""
         requests = clients if stagger_s else self.requests_for(clients)
+        if stagger_s and self.scenario == MULTI_TURN:
+            requests = clients * self.rounds  # one chat per arriving client
         return LoadSpec(
             clients=clients,
             requests=requests,
@@ -252,6 +273,9 @@ class LoadPlan:
             prompt=self.prompt or DEFAULT_INSTRUCTION,
             stagger_s=stagger_s,
             timeout_s=self.timeout_s,
+            scenario=self.scenario,
+            turns=self.rounds,
+            first=first,
         )
 
     def requests_in(self, config: ServedConfig) -> int:
@@ -316,14 +340,14 @@ def measure_config(
     url = settings.inference_url
     run_load(url, keys, model_name, warmup_spec(config), on_record=on_record, cancel=cancel)
     rows: list[Row] = []
+    first = 0  # each cell asks other questions than the last: no answer comes from the cache
     for clients, stagger in plan.cells(config):
         if cancel is not None and cancel.is_set():
             break
+        spec = plan.spec(clients, stagger, first)
+        first += len(spec.conversations())
         with ProcessSampler(pids, frontend) as sampler:
-            result = run_load(
-                url, keys, model_name, plan.spec(clients, stagger), on_record=on_record,
-                cancel=cancel,
-            )  # fmt: skip
+            result = run_load(url, keys, model_name, spec, on_record=on_record, cancel=cancel)
         if cancel is not None and cancel.is_set():
             break  # a cell cut short measures nothing comparable
         row = Row(

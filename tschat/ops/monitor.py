@@ -1,5 +1,10 @@
 """What the server is doing, over time: metrics samples, worker rows and filtered logs.
 
+:func:`live_snapshot` reads everything the console's live view shows in one go. None of its
+reads reaches a worker: the OS, TorchServe's frontend (``/ping``, the management API's list and
+describe, the metrics API) and the tails of two log files (``benchmarks/console_cost.py``
+measures each).
+
 TorchServe's metrics API gives counters (requests, summed queue and inference latency,
 generated tokens) and gauges (the last value: time to first token, tokens per second of a
 request, prediction time). :class:`MetricsHistory` keeps a snapshot per poll and turns pairs of
@@ -11,17 +16,21 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import threading
+import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import psutil
 
 from tschat.api.management import ManagementClient, ModelStatus, WorkerStatus
-from tschat.api.metrics import Sample, select, total
-from tschat.errors import ModelNotFound
+from tschat.api.metrics import Sample, fetch_metrics, select, total
+from tschat.errors import ModelNotFound, TsChatError
+from tschat.ops import process
+from tschat.settings import Settings
 
 REQUESTS = "ts_inference_requests_total"
 QUEUE_LATENCY = "ts_queue_latency_microseconds"
@@ -302,3 +311,97 @@ def filter_lines(
     if last is not None:
         kept = kept[-last:] if last > 0 else []
     return "\n".join(reversed(kept) if newest_first else kept)
+
+
+# ---------------------------------------------------------------- one read for the live view
+
+
+@dataclass(frozen=True)
+class LiveSnapshot:
+    """What the live view shows, read at one moment; a read that failed leaves its sentence."""
+
+    at: datetime
+    server: process.ServerStatus
+    models: tuple[ModelStatus, ...] = ()
+    models_error: str | None = None
+    samples: tuple[Sample, ...] = ()
+    metrics_error: str | None = None
+    engines: dict[int, dict[str, Any]] | None = None
+    restarts: tuple[WorkerRestart, ...] = ()
+
+    @property
+    def seen(self) -> tuple[bool, tuple[str, ...]]:
+        """Whether TorchServe runs and which models are registered: what the page is drawn for."""
+        return self.server.running, tuple(m.name for m in self.models)
+
+
+def live_snapshot(settings: Settings, management: ManagementClient) -> LiveSnapshot:
+    """Read what the live view shows: the server, its models, its metrics and the log tails."""
+    server = process.status(settings)
+    if not server.running:
+        return LiveSnapshot(datetime.now(), server)
+    models: list[ModelStatus] = []
+    models_error = metrics_error = None
+    samples: list[Sample] = []
+    try:
+        models = registered_models(management)
+    except TsChatError as error:
+        models_error = str(error)
+    try:
+        samples = fetch_metrics(settings, METRIC_NAMES)
+    except TsChatError as error:
+        metrics_error = str(error)
+    return LiveSnapshot(
+        at=datetime.now(),
+        server=server,
+        models=tuple(models),
+        models_error=models_error,
+        samples=tuple(samples),
+        metrics_error=metrics_error,
+        engines=worker_engines(process.tail_log(settings, "model_log.log", lines=2000)),
+        restarts=tuple(worker_restarts(process.tail_log(settings, "ts_log.log", lines=4000))),
+    )
+
+
+T = TypeVar("T")
+
+
+class SharedSnapshot(Generic[T]):
+    """The newest :class:`LiveSnapshot`, shared by every open page of a console process.
+
+    A page asks for one no older than its refresh interval allows; only when the newest is older
+    is the server read again, once, while other pages asking meanwhile wait for that read. So
+    however many pages are open, the server is read at most once per interval.
+
+    >>> reads, now = [], [0.0]
+    >>> def read():
+    ...     reads.append(now[0])
+    ...     return f"snapshot {len(reads)}"
+    >>> shared = SharedSnapshot(read, clock=lambda: now[0])
+    >>> shared.get(max_age_s=1.5), shared.get(max_age_s=1.5)
+    ('snapshot 1', 'snapshot 1')
+    >>> now[0] = 2.0
+    >>> shared.get(max_age_s=1.5), shared.get(max_age_s=1.5), len(reads)
+    ('snapshot 2', 'snapshot 2', 2)
+    >>> shared.invalidate(); shared.get(max_age_s=1.5)
+    'snapshot 3'
+    """
+
+    def __init__(self, read: Callable[[], T], clock: Callable[[], float] = time.monotonic) -> None:
+        self._read = read
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._newest: tuple[float, T] | None = None
+
+    def get(self, max_age_s: float) -> T:
+        """The newest snapshot, read again first if it is older than ``max_age_s`` seconds."""
+        with self._lock:
+            if self._newest is None or self._clock() - self._newest[0] > max_age_s:
+                started = self._clock()
+                self._newest = (started, self._read())
+            return self._newest[1]
+
+    def invalidate(self) -> None:
+        """Forget the newest snapshot (the server changed): the next page reads again."""
+        with self._lock:
+            self._newest = None
