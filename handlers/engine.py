@@ -284,6 +284,12 @@ def _only_greedy(p: Sampling) -> bool:
     return p.temperature <= 0 and not p.logit_bias and not p.ignore_eos and not _penalised(p)
 
 
+def _step_order(gen: Generation) -> tuple[int, int]:
+    """Where a generation's tokens go in a step's batch: decoding ones by slot, then prompts."""
+    pending = len(gen._pending)
+    return (0, gen.seq_id) if pending <= 1 else (1, pending)
+
+
 # A shorter shared beginning is prefilled again: copying a sequence's cache costs about as much
 # as prefilling a few tokens.
 MIN_SHARED_PREFIX = 8
@@ -632,8 +638,9 @@ class LlamaEngine:
         n = 0
         sample_at: list[tuple[Generation, int]] = []
         budget = self.config.n_batch
-        # Decode tokens first (one each), then prompt chunks: a long prompt never stalls the others.
-        for gen in sorted(self.active, key=lambda g: (len(g._pending) > 1, g.seq_id)):
+        # Decode tokens first (one each, in slot order), then prompt chunks, the shortest rest of a
+        # prompt first: a long prompt never stalls the others, a short one soon has its answer.
+        for gen in sorted(self.active, key=_step_order):
             if gen._waiting_for is not None:
                 continue
             take = min(len(gen._pending), budget - n)
