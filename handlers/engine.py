@@ -734,9 +734,10 @@ class LlamaEngine:
                         rows = (len(sample_at), self.n_vocab)
                         logits = llama_cpp.llama_get_logits(self.ctx)
                         greedy = np.ctypeslib.as_array(logits, shape=rows).argmax(axis=1)
-                    token: int | None = int(greedy[row])
+                    best = int(greedy[row])
                     if gen.logprobs is not None:
-                        self._add_logprobs(gen, index, token)
+                        self._add_logprobs(gen, index, best)
+                    token: int | None = best
                 else:
                     token = self._sample(gen, index)
             except Exception as exc:
