@@ -14,6 +14,7 @@ the served model, so the ratios compare like with like.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -24,12 +25,23 @@ from typing import Any
 from tschat import contract
 from tschat.bench.loadgen import RequestRecord, Summary, summarize
 from tschat.bench.scenarios import Turn
+from tschat.ops import process
 
 HANDLERS = Path(__file__).resolve().parent.parent / "handlers"
 
 
+def worker_thread_env() -> None:
+    """Give llama.cpp's threads in this process the workers' settings (``process.THREAD_ENV``).
+
+    OpenMP reads them once, when llama.cpp is first loaded: call this before importing it.
+    """
+    for key, value in process.THREAD_ENV.items():
+        os.environ.setdefault(key, value)
+
+
 def handler_module(name: str) -> Any:
     """One of the handler's modules, imported as the archive lays them out."""
+    worker_thread_env()
     if str(HANDLERS) not in sys.path:
         sys.path.insert(0, str(HANDLERS))
     # The archive ships the contract next to the handler, which imports it as ``contract``.
@@ -51,6 +63,7 @@ class InProcessBench:
     """One loaded engine with room for ``max_sequences``, and the handler's prompt format."""
 
     def __init__(self, model_path: Path, n_threads: int, max_sequences: int, n_ctx: int = 2048):
+        worker_thread_env()
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         self.engine_mod = handler_module("engine")

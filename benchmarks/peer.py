@@ -138,7 +138,13 @@ class PeerServer:
             self.model, self.port, self.api_key, self.threads, self.slots, self.ctx_per_slot
         )
         # Its own LLAMA_ARG_* settings from the environment would change what is measured.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LLAMA_ARG_")}
+        # It runs as shipped: without the thread settings our workers (and the in-process
+        # limits, which set them in this process) get.
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("LLAMA_ARG_") and k not in process.THREAD_ENV
+        }
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
             self.popen = subprocess.Popen(

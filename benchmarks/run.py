@@ -11,7 +11,7 @@ One run, one model, the same threads throughout:
    8-client distinct cells run through the engine directly, one slot and eight slots;
 2. our server: a TorchServe of its own (free loopback ports, a temporary directory) serving an
    archive packaged with the default archive's configuration, read from ``model-config.yaml``
-   (continuous batching, batch 8, 1 worker, 2 threads);
+   (continuous batching, batch 16, 1 worker, 2 threads);
 3. the peer: llama-server built by ``scripts/build_llama_server.sh`` from the llama.cpp of the
    installed llama-cpp-python, with the same GGUF, threads, slots (the batch size) and context
    per slot (:mod:`benchmarks.peer`);
@@ -33,7 +33,7 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +43,7 @@ if __package__ in (None, ""):  # run as a script: make the checkout importable
 import yaml
 
 from benchmarks import inprocess, peer, report
-from benchmarks.report import INPROC_BATCH, INPROC_SINGLE, OURS, PEER, Cell
+from benchmarks.report import BATCH_LIMIT_SLOTS, INPROC_BATCH, INPROC_SINGLE, OURS, PEER, Cell
 from benchmarks.servers import (
     RESULTS,
     around_limits,
@@ -58,7 +58,7 @@ from tschat.bench.loadgen import LoadSpec, Target, format_summary, run_target, t
 from tschat.bench.sampler import ProcessSampler
 from tschat.bench.scenarios import DEFAULT_TURNS, DISTINCT, MULTI_TURN, SCENARIOS
 from tschat.ops import process, store
-from tschat.ops.monitor import worker_engines
+from tschat.ops.monitor import worker_engines, worker_profile
 from tschat.ops.serving import ServingRegistry
 from tschat.settings import REPO_ROOT
 
@@ -140,7 +140,7 @@ class PeerPlan:
 def measure_limits(plan: PeerPlan, model: Path) -> list[Cell]:
     """The in-process single-stream and batched limits on the distinct cells' requests."""
     cells = []
-    for slots, kind in ((1, INPROC_SINGLE), (plan.config.batch_size, INPROC_BATCH)):
+    for slots, kind in ((1, INPROC_SINGLE), (BATCH_LIMIT_SLOTS, INPROC_BATCH)):
         turns = [c.turns[0] for c in plan.limit_spec(slots).conversations()]
         result = inprocess.measure(model, plan.config.threads, turns, slots, REPEAT_PENALTY)
         cells.append(
@@ -193,6 +193,7 @@ class Served:
     pids: tuple[int, ...]
     frontend: int | None = None
     engine: str = ""  # what the server's llama.cpp runs on, as it said when it started
+    profile: Callable[[], dict[str, float] | None] | None = None  # the worker's step profile
 
 
 @contextlib.contextmanager
@@ -211,7 +212,12 @@ def ours(plan: PeerPlan, model: Path, keep: bool) -> Iterator[Served]:
             for pid, e in engines.items()
         )
         say(f"Our server: {engine or 'no engine line in model_log.log'}")
-        yield Served(OURS, target, tuple(pids), process.status(settings).pid, engine)
+
+        def profile() -> dict[str, float] | None:
+            time.sleep(0.5)  # the line the worker wrote as it fell idle reaches the log
+            return worker_profile(process.tail_log(settings, "model_log.log", 400))
+
+        yield Served(OURS, target, tuple(pids), process.status(settings).pid, engine, profile)
 
 
 @contextlib.contextmanager
@@ -247,8 +253,12 @@ def measure_servers(plan: PeerPlan, model: Path, keep: bool) -> tuple[list[Cell]
         for n, (scenario, clients, first) in enumerate(plan.cells()):
             spec = plan.spec(scenario, clients, first)
             for server in servers if n % 2 == 0 else servers[::-1]:
+                before = server.profile() if server.profile else None
                 cells.append(measure_cell(server.name, server.target, spec, server.pids,
                                           server.frontend))  # fmt: skip
+                after = server.profile() if server.profile else None
+                if after is not None:
+                    say(f"    worker: {report.step_profile(before, after)}")
         return cells, mine.engine
 
 

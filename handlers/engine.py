@@ -122,6 +122,29 @@ class TokenLogprob:
     top: tuple[tuple[int, bytes, float], ...]
 
 
+@dataclasses.dataclass
+class StepTimes:
+    """Where the engine's steps spent their time since it started: seconds and counts, summed.
+
+    ``decode_s`` is ``llama_decode`` itself; ``prefill_decode_s`` the part of it in steps that
+    held a prompt chunk. ``sample_s`` is choosing the tokens; ``detok_s`` turning them into text,
+    stop sequences and the bookkeeping after; ``build_s`` filling the batch.
+    """
+
+    steps: int = 0
+    prefill_steps: int = 0
+    tokens: int = 0  # fed to llama_decode, prompt chunks included
+    sampled: int = 0
+    build_s: float = 0.0
+    decode_s: float = 0.0
+    prefill_decode_s: float = 0.0
+    sample_s: float = 0.0
+    detok_s: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: round(v, 6) for k, v in dataclasses.asdict(self).items()}
+
+
 class Generation:
     """One answer's sequence: its prompt, sampler, output so far and timings."""
 
@@ -159,6 +182,7 @@ class Generation:
         self._entries: list[TokenLogprob] = []  # log-probabilities since the last take_logprobs()
         self._sampler: ctypes.c_void_p | None = None
         self._grammar: ctypes.c_void_p | None = None
+        self._greedy = False  # its sampler only takes the likeliest token: argmax does the same
 
     @property
     def finished(self) -> bool:
@@ -251,6 +275,21 @@ def _common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
     return n
 
 
+def _penalised(p: Sampling) -> bool:
+    return p.repeat_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
+
+
+def _only_greedy(p: Sampling) -> bool:
+    """Whether the sampler chain for ``p`` is llama.cpp's greedy sampler and nothing else."""
+    return p.temperature <= 0 and not p.logit_bias and not p.ignore_eos and not _penalised(p)
+
+
+def _step_order(gen: Generation) -> tuple[int, int]:
+    """Where a generation's tokens go in a step's batch: decoding ones by slot, then prompts."""
+    pending = len(gen._pending)
+    return (0, gen.seq_id) if pending <= 1 else (1, pending)
+
+
 # A shorter shared beginning is prefilled again: copying a sequence's cache costs about as much
 # as prefilling a few tokens.
 MIN_SHARED_PREFIX = 8
@@ -328,6 +367,8 @@ class LlamaEngine:
         self.eog_tokens = tuple(
             t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self.vocab, t)
         )
+        self._eog = frozenset(self.eog_tokens)
+        self.times = StepTimes()
         # The longest text a token stands for: a text longer than n_ctx times this cannot fit.
         self.max_token_chars = max(
             (len(self._piece_bytes(t)) for t in range(self.n_vocab)), default=1
@@ -478,6 +519,7 @@ class LlamaEngine:
         gen = Generation(prompt_tokens, params, grammar=grammar, logprobs=logprobs, scope=scope)
         gen._fork_of = fork_of
         gen._sampler = self._make_sampler(params)
+        gen._greedy = grammar is None and _only_greedy(params)
         if grammar is not None:
             try:
                 gen._grammar = self._grammar_sampler(grammar)
@@ -589,13 +631,16 @@ class LlamaEngine:
         """
         if not self.active:
             return []
+        clock = time.perf_counter
+        started = clock()
         self._resolve_waits()
         batch = self._batch
         n = 0
         sample_at: list[tuple[Generation, int]] = []
         budget = self.config.n_batch
-        # Decode tokens first (one each), then prompt chunks: a long prompt never stalls the others.
-        for gen in sorted(self.active, key=lambda g: (len(g._pending) > 1, g.seq_id)):
+        # Decode tokens first (one each, in slot order), then prompt chunks, the shortest rest of a
+        # prompt first: a long prompt never stalls the others, a short one soon has its answer.
+        for gen in sorted(self.active, key=_step_order):
             if gen._waiting_for is not None:
                 continue
             take = min(len(gen._pending), budget - n)
@@ -616,7 +661,17 @@ class LlamaEngine:
         if n == 0:
             return []
         batch.n_tokens = n
+        built = clock()
         status = llama_cpp.llama_decode(self.ctx, batch)
+        decoded = clock()
+        times = self.times
+        times.steps += 1
+        times.tokens += n
+        times.build_s += built - started
+        times.decode_s += decoded - built
+        if n > len(sample_at):
+            times.prefill_steps += 1
+            times.prefill_decode_s += decoded - built
         if status != 0:
             # The KV cache is full or the decode failed: end every generation cleanly.
             logger.error("llama_decode returned %s with %s active sequences", status, n)
@@ -628,41 +683,69 @@ class LlamaEngine:
                 self._release(gen)
             return changed
 
+        tokens = self._sample_all(sample_at)
+        sampled = clock()
         changed = []
-        now = time.perf_counter()
-        for gen, index in sample_at:
-            try:
-                token = self._sample(gen, index)
-            except Exception as exc:  # one answer's sampling problem ends that answer only
-                logger.exception("sampling failed for sequence %s", gen.seq_id)
-                gen.error = f"sampling failed: {exc}"
+        for (gen, _), token in zip(sample_at, tokens, strict=True):
+            changed.append(gen)
+            if isinstance(token, Exception):  # one answer's sampling problem ends that answer
+                gen.error = f"sampling failed: {token}"
                 gen._finish(STOP)
-                changed.append(gen)
                 continue
             if gen.first_token_at is None:
-                gen.first_token_at = now
-            if token is None:  # the grammar allows nothing more
+                gen.first_token_at = sampled
+            if token is None or token in self._eog:  # None: the grammar allows nothing more
                 gen._finish(STOP)
-            elif llama_cpp.llama_vocab_is_eog(self.vocab, token):
+                continue
+            gen.completion_tokens += 1
+            gen._emit(gen._decoder.decode(self.piece(token)), final=False)
+            limit = gen.params.max_tokens
+            if gen.finished:
                 gen._finish(STOP)
+            elif limit is not None and gen.completion_tokens >= limit:
+                gen._finish(LENGTH)
+            elif gen._n_past + 1 >= self.n_ctx_seq:
+                gen._finish(LENGTH)
             else:
-                gen.completion_tokens += 1
-                gen._emit(gen._decoder.decode(self.piece(token)), final=False)
-                limit = gen.params.max_tokens
-                if gen.finished:
-                    gen._finish(STOP)
-                elif limit is not None and gen.completion_tokens >= limit:
-                    gen._finish(LENGTH)
-                elif gen._n_past + 1 >= self.n_ctx_seq:
-                    gen._finish(LENGTH)
-                else:
-                    gen._pending.append(token)
-                    gen._tokens.append(token)
-            changed.append(gen)
+                gen._pending.append(token)
+                gen._tokens.append(token)
         for gen in changed:
             if gen.finished:
                 self._release(gen)
+        times.sampled += len(sample_at)
+        times.sample_s += sampled - decoded
+        times.detok_s += clock() - sampled
         return changed
+
+    def _sample_all(
+        self, sample_at: Sequence[tuple[Generation, int]]
+    ) -> list[int | None | Exception]:
+        """Each generation's next token, from the logits at its batch index.
+
+        Greedy samplers are served by one argmax over the step's logits (the first of equal
+        maxima, as llama.cpp's greedy sampler picks); the others run their own sampler chain.
+        """
+        tokens: list[int | None | Exception] = []
+        greedy: np.ndarray | None = None
+        for row, (gen, index) in enumerate(sample_at):
+            try:
+                if gen._greedy:
+                    if greedy is None:  # the step's logits, one row per sampled position
+                        rows = (len(sample_at), self.n_vocab)
+                        logits = llama_cpp.llama_get_logits(self.ctx)
+                        greedy = np.ctypeslib.as_array(logits, shape=rows).argmax(axis=1)
+                    best = int(greedy[row])
+                    if gen.logprobs is not None:
+                        self._add_logprobs(gen, index, best)
+                    token: int | None = best
+                else:
+                    token = self._sample(gen, index)
+            except Exception as exc:
+                logger.exception("sampling failed for sequence %s", gen.seq_id)
+                tokens.append(exc)
+                continue
+            tokens.append(token)
+        return tokens
 
     def generate(self, gens: Sequence[Generation]) -> Iterable[list[Generation]]:
         """Step until every generation in gens has finished, yielding each step's changes."""
@@ -678,12 +761,16 @@ class LlamaEngine:
         else:
             token = self._sample_with_grammar(gen, index)
         if token is not None and gen.logprobs is not None:
-            # Sampling reads the logits without changing them: these are the model's own.
-            logits = np.ctypeslib.as_array(
-                llama_cpp.llama_get_logits_ith(self.ctx, index), shape=(self.n_vocab,)
-            )
-            gen._entries.append(self._logprob_entry(logits, token, gen.logprobs))
+            self._add_logprobs(gen, index, token)
         return token
+
+    def _add_logprobs(self, gen: Generation, index: int, token: int) -> None:
+        # Sampling reads the logits without changing them: these are the model's own.
+        logits = np.ctypeslib.as_array(
+            llama_cpp.llama_get_logits_ith(self.ctx, index), shape=(self.n_vocab,)
+        )
+        assert gen.logprobs is not None
+        gen._entries.append(self._logprob_entry(logits, token, gen.logprobs))
 
     def _logprob_entry(self, logits: np.ndarray, token: int, top: int) -> TokenLogprob:
         """The log-probability of ``token`` and of the ``top`` likeliest tokens."""
@@ -800,7 +887,7 @@ class LlamaEngine:
                 *(llama_cpp.llama_logit_bias(token, value) for token, value in bias)
             )
             add(chain, llama_cpp.llama_sampler_init_logit_bias(self.n_vocab, len(bias), entries))
-        if p.repeat_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0:
+        if _penalised(p):
             add(
                 chain,
                 llama_cpp.llama_sampler_init_penalties(

@@ -50,6 +50,12 @@ from ts.protocol.otf_message_handler import create_predict_response
 logger = logging.getLogger(__name__)
 
 WORKER_INFO_MARK = "llama.cpp worker ready:"
+PROFILE_MARK = "worker step profile:"
+PROFILE_EVERY_S = 10.0  # and whenever the worker falls idle
+# Continuous batching: while no request can start, finish or see its first token, one handler
+# call decodes several steps, up to this long, to save TorchServe's round trip per step (~3 ms;
+# a third of a step with one stream). A request arriving meanwhile waits at most this long.
+CALL_BUDGET_S = 0.05
 SSE_TYPE = "text/event-stream; charset=utf-8"
 JSON_TYPE = "application/json"
 TEXT_TYPE = "text/plain; charset=utf-8"
@@ -129,6 +135,7 @@ class LlamaCppHandler:
         batch_size = int(props.get("batch_size") or 1)
         self.continuous = bool((context.model_yaml_config or {}).get("continuousBatching", False))
         self.running: dict[str, Job] = {}  # continuous mode: request id -> job
+        self._calls = _CallTimes()
         gpu_id = props.get("gpu_id")
         rpc_servers = tuple(str(server) for server in config.get("rpc_servers") or ())
         one_gpu = gpu_id is not None and int(gpu_id) >= 0 and not rpc_servers
@@ -183,9 +190,17 @@ class LlamaCppHandler:
     # -- serving ---------------------------------------------------------------------------
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
-        if self.continuous:
-            return self._handle_step(data, context)
-        return self._handle_batch(data, context)
+        self._calls.begin()
+        try:
+            if self.continuous:
+                return self._handle_step(data, context)
+            return self._handle_batch(data, context)
+        finally:
+            assert self.engine is not None
+            idle = not self.engine.active and not self.engine.queue
+            if self._calls.end(idle, PROFILE_EVERY_S):
+                profile = {**self._calls.as_dict(), **self.engine.times.as_dict()}
+                logger.info("%s %s", PROFILE_MARK, json.dumps(profile))
 
     def _admit(self, idx: int, row: dict[str, Any], context: Any, results: list[Any]) -> Job | None:
         """Start a request, or answer it at once (refused, or a route without decoding)."""
@@ -247,8 +262,9 @@ class LlamaCppHandler:
             admitted = self._admit(idx, row, context, results)
             if admitted is not None:
                 self.running[ids[idx]] = admitted
-        if self.engine.active:
-            self.engine.step()
+        self._calls.mark("admit")
+        self._steps()
+        self._calls.mark("step")
         for idx, request_id in enumerate(ids):
             job = self.running.get(request_id)
             if job is None:
@@ -272,7 +288,33 @@ class LlamaCppHandler:
             idx: (lambda _, more=more: None if more is None else not more)
             for idx, more in stream_next.items()
         }
+        self._calls.mark("respond")
         return results
+
+    def _steps(self) -> None:
+        """Decode one step, or several while none of them could change what TorchServe does.
+
+        Another step follows only while every running answer was already streaming before this
+        call and none ended (a free slot lets a waiting request in), no request waits for a
+        slot, no answer may call tools (a complete call stops it), and the next step should end
+        within CALL_BUDGET_S.
+        """
+        engine = self.engine
+        assert engine is not None
+        began = time.perf_counter()
+        tools = any(a.reader is not None for job in self.running.values() for a in job.answers)
+        while engine.active:
+            step_began = time.perf_counter()
+            changed = engine.step()
+            now = time.perf_counter()
+            if (
+                tools
+                or engine.queue
+                or any(g.finished for g in changed)
+                or any(g.first_token_at is None or g.first_token_at >= began for g in engine.active)
+                or now + (now - step_began) - began > CALL_BUDGET_S
+            ):
+                return
 
     def _try(self, job: Job, context: Any, write: Callable[[Job], bytes]) -> bytes:
         """What ``write`` makes of a job; if it raises, the job ends with an error of its own."""
@@ -652,6 +694,45 @@ class LlamaCppHandler:
         context.set_response_content_type(idx, JSON_TYPE)
         results[idx] = json.dumps(err.body()).encode("utf-8")
         self._metrics.refused()
+
+
+class _CallTimes:
+    """Where the worker's time goes around the engine: between handler calls (TorchServe and
+    its frontend), admitting requests, decoding, writing the answers; summed, in seconds."""
+
+    PARTS = ("between_calls", "admit", "step", "respond")
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.seconds = dict.fromkeys(self.PARTS, 0.0)
+        self._last = time.perf_counter()
+        self._logged = self._last
+        self._idle = True
+
+    def begin(self) -> None:
+        now = time.perf_counter()
+        if not self._idle:  # waiting for requests is not TorchServe's cost
+            self.seconds["between_calls"] += now - self._last
+        self._last = now
+
+    def mark(self, part: str) -> None:
+        now = time.perf_counter()
+        self.seconds[part] += now - self._last
+        self._last = now
+
+    def end(self, idle: bool, every_s: float) -> bool:
+        """Close a call; whether it is time to log (the worker fell idle, or every_s passed)."""
+        self._last = now = time.perf_counter()
+        self.calls += 1
+        went_idle = idle and not self._idle
+        self._idle = idle
+        if went_idle or now - self._logged >= every_s:
+            self._logged = now
+            return True
+        return False
+
+    def as_dict(self) -> dict[str, float]:
+        return {"calls": self.calls, **{k: round(v, 6) for k, v in self.seconds.items()}}
 
 
 def _timings(gen: Generation) -> dict[str, float | None]:

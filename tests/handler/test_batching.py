@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
+import engine
+from contract import Sampling
 from test_handler import CHAT, chat, streamed_text
 from worker_harness import Harness, Prediction
 
@@ -34,6 +37,18 @@ def test_greedy_tokens_alone_equal_tokens_in_a_batch_of_eight(harness: Harness) 
     )
     together = [json.loads(p.body)["choices"][0]["message"]["content"] for p in final.predictions]
     assert together == alone
+
+
+def test_greedy_shortcut_picks_what_llama_cpps_greedy_sampler_picks(harness: Harness) -> None:
+    plain = Sampling(temperature=0.0, repeat_penalty=1.0)
+    assert engine._only_greedy(plain)  # answered by one argmax over the step's logits
+    # A bias that changes nothing puts the answer through llama.cpp's own sampler chain.
+    assert not engine._only_greedy(dataclasses.replace(plain, logit_bias=((0, 0.0),)))
+    greedy = {"max_tokens": 48, "min_p": 0, "repeat_penalty": 1.0}
+    for question in QUESTIONS[:3]:
+        shortcut = whole_text(harness, question, **greedy)[0]
+        chain = whole_text(harness, question, logit_bias={"0": 0}, **greedy)[0]
+        assert chain == shortcut
 
 
 def test_shared_prompt_beginnings_come_from_the_cache(harness: Harness) -> None:

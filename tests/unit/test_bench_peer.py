@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from benchmarks import peer, report, run, servers
 from benchmarks.report import INPROC_BATCH, OURS, PEER, Cell, Goal
@@ -24,7 +25,9 @@ def test_default_run_is_the_default_archive_against_the_peer() -> None:
     args = run.parse_args([])
     plan = run.build_plan(args)
     config = plan.config
-    assert (config.batch_size, config.workers, config.threads, config.continuous) == (8, 1, 2, True)
+    template = yaml.safe_load(run.MODEL_CONFIG.read_text(encoding="utf-8"))
+    assert config.batch_size == template["batchSize"]
+    assert (config.workers, config.threads, config.continuous) == (1, 2, True)
     assert plan.n_ctx == 2048 and plan.peer
     assert plan.scenarios == (DISTINCT, MULTI_TURN) and plan.clients == (1, 8, 16)
     cells = plan.cells()

@@ -237,6 +237,25 @@ def worker_engines(model_log: str) -> dict[int, dict[str, Any]]:
     return engines
 
 
+PROFILE_MARK = "worker step profile:"  # written by handlers/llama_cpp_handler.py
+
+
+def worker_profile(model_log: str) -> dict[str, float] | None:
+    r"""The latest step profile a worker wrote (its times summed since it started), or None.
+
+    >>> worker_profile('x\nMODEL_LOG - worker step profile: {"calls": 3, "step": 0.5}\ny')
+    {'calls': 3.0, 'step': 0.5}
+    """
+    for line in reversed(model_log.splitlines()):
+        _, mark, payload = line.partition(PROFILE_MARK)
+        if mark:
+            with contextlib.suppress(ValueError):
+                profile = json.loads(payload)
+                if isinstance(profile, dict):
+                    return {k: float(v) for k, v in profile.items()}
+    return None
+
+
 def worker_memory(worker: WorkerStatus) -> int:
     """A worker's memory in bytes: TorchServe's figure, else the process's RSS (0: unknown).
 

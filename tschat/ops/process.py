@@ -63,6 +63,12 @@ POLL_S = 0.25
 PRIVATE_DIR, PRIVATE_FILE = 0o700, 0o600
 # The launcher, the Java frontend and the workers create every file owner-only.
 CHILD_UMASK = 0o077
+# llama.cpp's CPU threads meet at an OpenMP barrier after every graph node. By default a thread
+# that arrives first spins for milliseconds, so when anything else wants one of the cores (the
+# frontend, the worker's own Python, another process) a decode step can take seconds instead of
+# tens of milliseconds; a passive wait sleeps at once (measured in the README, "Where the
+# worker's time goes"). Set for the workers unless the environment already says otherwise.
+THREAD_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 # Launchers started by this process, reaped when they exit (so none lingers as a zombie).
@@ -513,6 +519,8 @@ def _launch_env(settings: Settings) -> dict[str, str]:
     env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")  # workers run `python`
     env["TMPDIR"] = env["TEMP"] = str(settings.tmp_dir)  # TEMP becomes java.io.tmpdir
     env["LOG_LOCATION"] = env["METRICS_LOCATION"] = str(settings.log_dir)
+    for name, value in THREAD_ENV.items():
+        env.setdefault(name, value)
     return env
 
 
