@@ -1,6 +1,6 @@
 # make run    set everything up (first time: several minutes), then serve the model and both apps
 # make test   set up, add the test tools, run the whole test suite
-# make bench  measure batching configurations side by side (about 6 minutes; not part of test)
+# make bench  this server against llama-server, same load (~20 minutes on 2 cores; not part of test)
 #
 # Each install step leaves a stamp file in the virtual environment, so a second run installs
 # nothing.  Variables can be overridden: make run BACKEND=cuda, make test PYTEST_ARGS="-k gguf".
@@ -40,7 +40,7 @@ help:
 	@echo "make test     set up, install test tools and browser, run the tests"
 	@echo "make setup    everything 'run' does except starting (BACKEND=cpu|cuda|metal)"
 	@echo "make model    package the default model into $(ARCHIVE)"
-	@echo "make bench    benchmark batching configurations (BENCH_ARGS=--quick for a short run)"
+	@echo "make bench    measure against llama-server (BENCH_ARGS=--quick, --no-peer, --compare-batching)"
 	@echo "make soak     1,000 requests; worker memory and descriptors must not grow"
 	@echo "make lint     ruff check, ruff format --check, mypy (package, apps, scripts)"
 	@echo "make stop     stop the TorchServe started by 'make run'"
@@ -86,9 +86,13 @@ test: setup model $(STAMP_DEV)
 	@bash scripts/install_system.sh --browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# Starts its own TorchServe on free ports and packages its own archives; prints the targets.
+# Starts its own TorchServe and llama-server on free ports; prints the ratios and the targets.
+# llama-server is built once (about 10 minutes on 2 cores) and cached like the wheel.
 bench: setup
-	$(PY) -m benchmarks.run $(BENCH_ARGS)
+	@case " $(BENCH_ARGS) " in *" --no-peer "*|*" --compare-batching "*) ;; \
+	  *) bash scripts/build_llama_server.sh --python $(PY) --backend $(BACKEND) \
+	       --version $(LLAMA_CPP_VERSION) ;; esac
+	LLAMA_BACKEND=$(BACKEND) $(PY) -m benchmarks.run $(BENCH_ARGS)
 
 # 1,000 requests against a real TorchServe: worker memory and file descriptors must stay flat.
 soak: setup model $(STAMP_DEV)

@@ -9,6 +9,7 @@ second tab or a server started elsewhere shows the truth. The work is done by th
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -23,7 +24,7 @@ from tschat.api.management import ModelStatus
 from tschat.api.metrics import fetch_metrics
 from tschat.bench import experiments, runner
 from tschat.errors import StartupFailed, TsChatError
-from tschat.ops import monitor, packaging, process, store
+from tschat.ops import monitor, packaging, password, process, store
 from tschat.ops.quantize import QUANTIZATIONS
 from tschat.ops.serving import ServingRegistry
 from tschat.settings import Settings
@@ -31,6 +32,8 @@ from tschat.settings import Settings
 T = TypeVar("T")
 
 # Session state keys.
+UNLOCKED = "unlocked"  # this browser session gave the console's password
+PASSWORD = "password"
 NOTICE = "notice"  # (kind, sentence, details) left by an action for the run that follows it
 HISTORY = "metrics_history"  # monitor.MetricsHistory of this browser tab
 HISTORY_OF = "metrics_history_of"  # which model the history is for
@@ -60,6 +63,7 @@ NO_QUANTIZATION = "keep as is"
 LOG_FILES = ("ts_log.log", "model_log.log", "access_log.log", "console.log")
 PATH_SOURCE, UPLOAD_SOURCE = "Path on this machine", "Upload"
 CLIENT_CHOICES = (1, 2, 4, 8, 16, 32)
+EXPERIMENT_END_S = 60.0  # what Stop waits for a cancelled experiment to clean up
 
 
 # ---------------------------------------------------------------- the error boundary
@@ -127,6 +131,48 @@ def _defaults(values: dict[str, Any]) -> None:
         st.session_state.setdefault(key, value)
 
 
+# ---------------------------------------------------------------- the password
+
+
+def _reachable_from_elsewhere(settings: Settings) -> bool:
+    """Whether other machines may reach this console: TSCHAT_EXPOSE_APPS is set, or Streamlit
+    was told to listen beyond loopback (unset, it listens on every interface)."""
+    address = st.get_option("server.address")
+    if address == "localhost":
+        return settings.apps_exposed
+    try:
+        loopback = ipaddress.ip_address(str(address)).is_loopback
+    except ValueError:
+        loopback = False
+    return settings.apps_exposed or not loopback
+
+
+def _unlocked(settings: Settings) -> bool:
+    """Whether this session may see and use the console; if not, draw the password prompt.
+
+    On loopback the console is open (the machine's users are trusted with it, as with the key
+    file); reachable from elsewhere, nothing else is drawn, and so no action exists, until the
+    password is given.
+    """
+    if st.session_state.get(UNLOCKED) or not _reachable_from_elsewhere(settings):
+        return True
+    if not password.password_is_set(settings):
+        st.error(
+            "This console can be reached from other machines but has no password, so it shows "
+            "nothing. Set one on the server with `.venv/bin/python -m tschat.ops.password`, "
+            "then reload this page."
+        )
+        return False
+    with st.form("unlock"):
+        attempt = st.text_input("Password", type="password", key=PASSWORD)
+        if st.form_submit_button("Unlock", key="unlock_submit", type="primary"):
+            if password.check_password(settings, attempt):
+                st.session_state[UNLOCKED] = True
+                st.rerun()
+            st.error("That is not the console's password.")
+    return False
+
+
 # ---------------------------------------------------------------- server
 
 
@@ -152,6 +198,10 @@ def _start(settings: Settings) -> str:
 
 
 def _stop(settings: Settings) -> str:
+    experiment = _experiment_slots().current(settings)
+    if experiment is not None and experiment.state().running:
+        experiment.cancel()  # it unregisters its model and removes its archive first
+        experiment.join(timeout=EXPERIMENT_END_S)
     if process.stop(settings):
         return "TorchServe stopped; no worker or port is left."
     return (
@@ -722,7 +772,7 @@ def main() -> None:
     st.set_page_config(page_title="TorchServe console", page_icon=":material/dns:", layout="wide")
     st.title("TorchServe console")
     settings = _attempt(Settings.from_env, report_to=st)
-    if settings is None:
+    if settings is None or not _unlocked(settings):
         return
     _sidebar(settings)
     _show_notice()

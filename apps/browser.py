@@ -58,7 +58,7 @@ def start_app(script: str, port: int, env: Mapping[str, str], log: Path) -> Runn
     """``streamlit run SCRIPT`` on 127.0.0.1:PORT with ``env`` (e.g. ``settings.as_env()``)
     added to a copy of this environment without TSCHAT_* variables; waits for its health check.
     """
-    argv = streamlit_argv(script, port, "127.0.0.1")
+    argv = streamlit_argv(script, port, Settings.from_env(env))
     argv += ["--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("TSCHAT_")}
     full_env.update(env)

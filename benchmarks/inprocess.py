@@ -1,11 +1,11 @@
 """The limits without a server: the handler's engine driven directly, in this process.
 
-Two figures bound what serving can reach on the same model, threads and prompt:
-
-* single stream: one request at a time, prompt formatted and tokenized as the handler does,
-  prefill and decode to the end (the tokens/s and time to first token of one user);
-* batched decode: N requests started together and decoded in one ``llama_decode`` per step
-  until all end (the most tokens/s a batch of N can give).
+The same requests a load sends, with no HTTP, no TorchServe and no JSON in between: prompts
+formatted and tokenized as the handler does, then run as a closed loop of ``slots`` sequences,
+a new request taking a slot the moment one ends, every active sequence decoded in one
+``llama_decode`` per step. One slot gives the single-stream limit (the tokens/s and time to
+first token of one user); eight the batched limit (the most tokens/s a batch of eight gives on
+these requests).
 
 Throughput counts the whole request, prefill included, exactly as the load generator does for
 the served model, so the ratios compare like with like.
@@ -16,12 +16,14 @@ from __future__ import annotations
 import importlib
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tschat import contract
 from tschat.bench.loadgen import RequestRecord, Summary, summarize
+from tschat.bench.scenarios import Turn
 
 HANDLERS = Path(__file__).resolve().parent.parent / "handlers"
 
@@ -86,75 +88,61 @@ class InProcessBench:
 
     def run(
         self,
-        prompt: str,
-        max_tokens: int,
-        sequences: int,
-        temperature: float = 0.0,
+        turns: Sequence[Turn],
+        slots: int,
+        repeat_penalty: float = 1.0,
         seed: int = 1,
         grammar: str | None = None,
         ignore_eos: bool = False,
     ) -> list[RequestRecord]:
-        """Start ``sequences`` requests at once and step until all end; one record each."""
-        params = contract.Sampling(
-            max_tokens=max_tokens, temperature=temperature, seed=seed, ignore_eos=ignore_eos
-        )
+        """Run ``turns`` (one-turn requests) greedily, ``slots`` at a time; one record each."""
+        queue = list(enumerate(turns))
         t0 = time.perf_counter()
-        gens = []
-        started: dict[int, float] = {}
-        for _ in range(sequences):
+        active: dict[int, tuple[int, float, list[float]]] = {}  # id(gen) -> (n, started, times)
+        gens: dict[int, Any] = {}
+        records: list[RequestRecord] = []
+
+        def start_next() -> None:
+            n, turn = queue.pop(0)
             # Formatting and tokenizing are part of a request's cost, as in the handler.
             begin = time.perf_counter() - t0
-            gen = self.engine.start(self.prompt_tokens(prompt), params, grammar=grammar)
-            started[id(gen)] = begin
-            gens.append(gen)
-        times: dict[int, list[float]] = {id(g): [] for g in gens}
-        finished: dict[int, float] = {}
-        for changed in self.engine.generate(gens):
+            params = contract.Sampling(
+                max_tokens=turn.max_tokens,
+                temperature=0.0,
+                repeat_penalty=repeat_penalty,
+                seed=seed,
+                ignore_eos=ignore_eos,
+            )
+            gen = self.engine.start(self.prompt_tokens(turn.user), params, grammar=grammar)
+            active[id(gen)] = (n, begin, [])
+            gens[id(gen)] = gen
+
+        while queue and len(active) < slots:
+            start_next()
+        while active:
+            changed = self.engine.step()
             now = time.perf_counter() - t0
             for gen in changed:
+                n, begin, times = active[id(gen)]
                 if gen.take_delta():
-                    times[id(gen)].append(now)
+                    times.append(now)
                 if gen.finished:
-                    finished[id(gen)] = now
-        return [
-            RequestRecord(
-                client=i,
-                started=started[id(g)],
-                finished=finished.get(id(g), time.perf_counter() - t0),
-                token_times=tuple(times[id(g)]),
-                tokens=g.completion_tokens,
-            )
-            for i, g in enumerate(gens)
-        ]
+                    del active[id(gen)], gens[id(gen)]
+                    records.append(
+                        RequestRecord(n % slots, begin, now, tuple(times), gen.completion_tokens)
+                    )
+            while queue and len(active) < slots:
+                start_next()
+        return sorted(records, key=lambda r: r.started)
 
 
 def measure(
-    model_path: Path,
-    n_threads: int,
-    prompt: str,
-    max_tokens: int,
-    sequences: int,
-    repeats: int,
+    model_path: Path, n_threads: int, turns: Sequence[Turn], slots: int, repeat_penalty: float = 1.0
 ) -> InProcessResult:
-    """Run ``repeats`` rounds of ``sequences`` requests started together, back to back."""
-    with InProcessBench(model_path, n_threads, max_sequences=sequences) as bench:
-        bench.run(prompt, 4, sequences)  # warm-up: first-call allocations stay out of the figures
-        records: list[RequestRecord] = []
-        offset = 0.0
-        for _ in range(repeats):
-            round_records = bench.run(prompt, max_tokens, sequences)
-            # Put the rounds on one clock, back to back, as a closed-loop client would see them.
-            shift = offset - min(r.started for r in round_records)
-            for r in round_records:
-                records.append(
-                    RequestRecord(
-                        r.client,
-                        r.started + shift,
-                        r.finished + shift,
-                        tuple(t + shift for t in r.token_times),
-                        r.tokens,
-                    )
-                )
-            offset = max(r.finished for r in records)
-    name = "in-process single stream" if sequences == 1 else f"in-process batch of {sequences}"
-    return InProcessResult(name, sequences, tuple(records), summarize(records))
+    """Run ``turns`` through ``slots`` sequences after a short warm-up; the figures."""
+    with InProcessBench(model_path, n_threads, max_sequences=slots) as bench:
+        # Warm-up: first-call allocations stay out of the figures.
+        bench.run([Turn(turns[0].user, 4)] * slots, slots, repeat_penalty)
+        records = bench.run(turns, slots, repeat_penalty)
+    name = "in-process single stream" if slots == 1 else f"in-process batch of {slots}"
+    return InProcessResult(name, slots, tuple(records), summarize(records))

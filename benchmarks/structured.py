@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks.inprocess import InProcessBench, handler_module
+from tschat.bench.scenarios import Turn
 from tschat.ops.store import default_gguf
 
 SCHEMA = {
@@ -50,7 +51,8 @@ def per_token_ms(bench: InProcessBench, sequences: int, rounds: int, grammar: st
     figures = []
     for _ in range(rounds):
         t0 = time.perf_counter()
-        records = bench.run(PROMPT, 160, sequences, grammar=grammar, ignore_eos=grammar is None)
+        turns = [Turn(PROMPT, 160)] * sequences
+        records = bench.run(turns, sequences, grammar=grammar, ignore_eos=grammar is None)
         elapsed = time.perf_counter() - t0
         tokens = sum(r.tokens for r in records)
         figures.append(1000.0 * elapsed / max(tokens, 1) * sequences)
@@ -72,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{'batch':>5}  {'free text':>10}  {'JSON schema':>11}  {'ratio':>6}")
     for sequences in (1, 8):
         with InProcessBench(model, args.threads, max_sequences=sequences) as bench:
-            bench.run(PROMPT, 4, sequences)  # warm-up
+            bench.run([Turn(PROMPT, 4)] * sequences, sequences)  # warm-up
             free = per_token_ms(bench, sequences, rounds, None)
             schema = per_token_ms(bench, sequences, rounds, grammar)
         print(f"{sequences:>5}  {free:>10.2f}  {schema:>11.2f}  {schema / free:>5.2f}x")

@@ -166,7 +166,7 @@ def _check_costs(node: Any, param: str) -> None:
             )
         product = 1
         for low, high in _REPEAT.findall(pattern):
-            product *= max(int(low), int(high or low) if high else int(low), 1)
+            product *= max(int(high or low), 1)  # {m}, {m,} and {m,n}: at most m or n copies
             if product > MAX_PATTERN_REPEAT:
                 raise RequestError(
                     f"A 'pattern' in '{param}' repeats more than {MAX_PATTERN_REPEAT} times.",

@@ -7,7 +7,7 @@ set -euo pipefail
 
 usage() {
   cat <<USAGE
-Usage: $(basename "$0") [--python PYTHON] [--backend cpu|cuda|metal] [--version VERSION]
+Usage: $(basename "$0") [--python PYTHON] [--backend cpu|cuda|metal] [--version VERSION] [--no-install]
 
 Builds llama-cpp-python from source for the backend and installs it into PYTHON's environment.
 The built wheel is kept under \${LLAMA_WHEEL_CACHE:-~/.cache/tschat/wheels}, so later runs skip the build.
@@ -15,6 +15,7 @@ The built wheel is kept under \${LLAMA_WHEEL_CACHE:-~/.cache/tschat/wheels}, so 
   --python   interpreter to install into (default: python3)
   --backend  cpu (portable AVX2 build, default), cuda (-DGGML_CUDA=on) or metal (-DGGML_METAL=on)
   --version  llama-cpp-python version (default: 0.3.36)
+  --no-install  build (or find) the wheel only, and print its path last
   Extra CMake flags can be appended with LLAMA_EXTRA_CMAKE_ARGS (for example -DGGML_RPC=ON).
 USAGE
 }
@@ -22,34 +23,25 @@ USAGE
 python=python3
 backend=${LLAMA_BACKEND:-cpu}
 version=${LLAMA_CPP_VERSION:-0.3.36}
+install=1
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --python) python=$2; shift 2 ;;
     --backend) backend=$2; shift 2 ;;
     --version) version=$2; shift 2 ;;
+    --no-install) install=0; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
   esac
 done
 
-# The CPU build is portable: a native build picks up the AMX path in ggml-cpu, which crashes on some CPUs.
-portable="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_RPC=ON"
-case "$backend" in
-  cpu) cmake_args="$portable" ;;
-  cuda) cmake_args="$portable -DGGML_CUDA=on" ;;
-  metal) cmake_args="-DGGML_METAL=on -DGGML_RPC=ON" ;;
-  *) echo "unknown backend: $backend (cpu, cuda or metal)" >&2; exit 2 ;;
-esac
-cmake_args="$cmake_args ${LLAMA_EXTRA_CMAKE_ARGS:-}"
-
-# sha256sum and nproc are GNU tools; macOS has shasum and getconf.
-if command -v sha256sum >/dev/null 2>&1; then
-  flags_id=$(printf '%s' "$cmake_args" | sha256sum | cut -c1-12)
-else
-  flags_id=$(printf '%s' "$cmake_args" | shasum -a 256 | cut -c1-12)
-fi
-cores=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)
-cache_root=${LLAMA_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tschat/wheels}
+# shellcheck source=llama_cpp_flags.sh
+source "$(dirname "${BASH_SOURCE[0]}")/llama_cpp_flags.sh"
+llama_cmake_args "$backend" || exit 2
+cmake_args=$LLAMA_CMAKE_ARGS
+flags_id=$LLAMA_FLAGS_ID
+cores=$(llama_cores)
+cache_root=${LLAMA_WHEEL_CACHE:-$(llama_cache_root wheels)}
 wheel_dir="$cache_root/llama-cpp-python-$version-$backend-$flags_id"
 
 if ! ls "$wheel_dir"/llama_cpp_python-*.whl >/dev/null 2>&1; then
@@ -63,6 +55,10 @@ if ! ls "$wheel_dir"/llama_cpp_python-*.whl >/dev/null 2>&1; then
   rm -rf "$wheel_dir"
   mv "$wheel_dir.tmp" "$wheel_dir"
   printf '%s\n' "$cmake_args" >"$wheel_dir/CMAKE_ARGS"
+fi
+if [[ $install -eq 0 ]]; then
+  ls "$wheel_dir"/llama_cpp_python-*.whl
+  exit 0
 fi
 "$python" -m pip install --quiet --no-warn-conflicts "$wheel_dir"/llama_cpp_python-*.whl
 echo "llama-cpp-python $version ($backend) installed from $wheel_dir"

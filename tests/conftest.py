@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import socket
@@ -48,6 +49,21 @@ def wait_listening(port: int, timeout: float = 30.0) -> None:
                 return
         time.sleep(0.1)
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
+
+
+def websocket_status(port: int, host_header: str) -> int:
+    """The HTTP status a Streamlit app gives a WebSocket handshake addressed to ``host_header``
+    (101: accepted); the connection itself always goes to 127.0.0.1."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (
+        f"GET /_stcore/stream HTTP/1.1\r\nHost: {host_header}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Protocol: streamlit\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(request.encode())
+        status_line = sock.recv(4096).split(b"\r\n", 1)[0]
+    return int(status_line.split()[1])
 
 
 def free_ports(count: int) -> list[int]:
@@ -161,11 +177,12 @@ class Helpers:
     make_settings: Callable[..., Settings] = make_settings
     assert_stopped: Callable[[Settings, list[int]], None] = assert_stopped
     server_pids: Callable[[Settings], list[int]] = server_pids
+    websocket_status: Callable[[int, str], int] = websocket_status
 
 
 @pytest.fixture(scope="session")
 def helpers() -> Helpers:
-    """free_port, free_ports, make_settings, assert_stopped and server_pids."""
+    """free_port, free_ports, make_settings, assert_stopped, server_pids, websocket_status."""
     return Helpers()
 
 

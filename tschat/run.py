@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from tschat.errors import TsChatError
-from tschat.ops import process
+from tschat.errors import SettingsError, TsChatError
+from tschat.ops import password, process
 from tschat.ops.serving import ServingRegistry
 from tschat.settings import Settings
 
@@ -42,8 +42,10 @@ def ensure_model(settings: Settings, registry: ServingRegistry) -> None:
     )
 
 
-def streamlit_argv(script: str, port: int, host: str) -> list[str]:
-    return [
+def streamlit_argv(script: str, port: int, settings: Settings) -> list[str]:
+    """``streamlit run SCRIPT``: on 127.0.0.1 unless TSCHAT_EXPOSE_APPS is set (never at
+    TSCHAT_HOST), answering only the Host names of :attr:`Settings.apps_allowed_hosts`."""
+    argv = [
         sys.executable,
         "-m",
         "streamlit",
@@ -52,10 +54,38 @@ def streamlit_argv(script: str, port: int, host: str) -> list[str]:
         "--server.port",
         str(port),
         "--server.address",
-        host,
+        settings.apps_address,
         "--server.headless",
         "true",
     ]
+    for name in settings.apps_allowed_hosts:
+        argv += ["--server.allowedHosts", name]
+    return argv
+
+
+def check_exposure(settings: Settings) -> None:
+    """Raise SettingsError when the apps are to be exposed but the console has no password."""
+    if settings.apps_exposed and not password.password_is_set(settings):
+        raise SettingsError(
+            "TSCHAT_EXPOSE_APPS is set, but the console has no password: set one with "
+            "`.venv/bin/python -m tschat.ops.password`, then start again."
+        )
+
+
+def start_apps(settings: Settings) -> list[subprocess.Popen[bytes]]:
+    """Start the console and the chat app, each as its own Streamlit process."""
+    check_exposure(settings)
+    apps = []
+    try:
+        for title, script, port_field in APPS:
+            port = getattr(settings, port_field)
+            apps.append(subprocess.Popen(streamlit_argv(script, port, settings), cwd=ROOT))
+            print(f"{title}: http://{settings.apps_address}:{port}")
+    except BaseException:
+        for app in apps:
+            process.stop_child(app)
+        raise
+    return apps
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     try:
+        if not args.no_apps:
+            check_exposure(settings)
         was_running = process.status(settings).running
         print(
             "Starting TorchServe..." if not was_running else "TorchServe is already running.",
@@ -79,11 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_apps:
         return 0
 
-    apps = []
-    for title, script, port_field in APPS:
-        port = getattr(settings, port_field)
-        apps.append(subprocess.Popen(streamlit_argv(script, port, settings.host), cwd=ROOT))
-        print(f"{title}: http://{settings.host}:{port}")
+    try:
+        apps = start_apps(settings)
+    except TsChatError as error:
+        print(f"error: {error}", file=sys.stderr)
+        if not was_running:
+            process.stop(settings)
+        return 1
     print(f"OpenAI-style API: {settings.inference_url}/predictions/{settings.model_name}/1.0/v1")
     print("Press Ctrl-C to stop.", flush=True)
 

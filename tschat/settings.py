@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,12 @@ from tschat.errors import SettingsError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "TSCHAT_"
+# Where the apps listen, and the Host names they answer, unless expose_apps says otherwise.
+LOOPBACK_ADDRESS = "127.0.0.1"
+LOOPBACK_HOSTNAMES = ("127.0.0.1", "localhost")
+ALL_INTERFACES = "0.0.0.0"
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*")
 
 
 def _setting(
@@ -54,6 +61,15 @@ class Settings:
     )
     chat_port: int = _setting(
         8502, "Port of the chat app (client_app.py) started by `make run`.", low=1, high=65535
+    )
+    expose_apps: str = _setting(
+        "",
+        "Host names or IPv4 addresses, separated by commas, by which other machines reach the "
+        "console and the chat app. Unset (the default), both apps listen on 127.0.0.1 only, "
+        "whatever TSCHAT_HOST says. Set, they listen on every interface (0.0.0.0), answer only "
+        "requests addressed to these names or to 127.0.0.1 and localhost, and the console shows "
+        "nothing but a password prompt until the password set with `python -m tschat.ops.password` "
+        "is given; the chat app has no password.",
     )
     grpc_inference_port: int = _setting(
         7070,
@@ -119,6 +135,13 @@ class Settings:
             _check_bounds(spec, getattr(self, spec.name), label=spec.name)
         if not self.host.strip():
             raise SettingsError("host must not be empty; use 127.0.0.1 to stay on this machine.")
+        for name in self.exposed_hostnames:
+            if not _HOSTNAME.fullmatch(name):
+                raise SettingsError(
+                    f"TSCHAT_EXPOSE_APPS holds {name!r}, which is not a host name or IPv4 "
+                    "address: give names such as myserver.lan or 192.168.1.20, separated by "
+                    "commas (no scheme, port or wildcard)."
+                )
         ports = {
             "inference_port": self.inference_port,
             "management_port": self.management_port,
@@ -160,19 +183,48 @@ class Settings:
         return cls(**values)
 
     def as_env(self) -> dict[str, str]:
-        """These settings as ``TSCHAT_*`` variables, e.g. for an app run as a subprocess.
+        """These settings as ``TSCHAT_*`` variables, e.g. for an app run as a subprocess (an
+        empty value, such as an unset ``expose_apps``, is left out).
 
         >>> Settings.from_env(Settings(inference_port=9080).as_env()).inference_port
         9080
         """
-        return {
-            ENV_PREFIX + spec.name.upper(): str(getattr(self, spec.name))
-            for spec in dataclasses.fields(self)
-        }
+        values = {spec.name: str(getattr(self, spec.name)) for spec in dataclasses.fields(self)}
+        return {ENV_PREFIX + name.upper(): value for name, value in values.items() if value}
 
     def _url(self, port: int) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{port}"
+
+    @property
+    def exposed_hostnames(self) -> tuple[str, ...]:
+        """The names in ``expose_apps``; empty when the apps stay on this machine.
+
+        >>> Settings(expose_apps="myserver.lan, 10.0.0.5").exposed_hostnames
+        ('myserver.lan', '10.0.0.5')
+        """
+        return tuple(name.strip() for name in self.expose_apps.split(",") if name.strip())
+
+    @property
+    def apps_exposed(self) -> bool:
+        """Whether the apps listen beyond this machine (``expose_apps`` is set)."""
+        return bool(self.exposed_hostnames)
+
+    @property
+    def apps_address(self) -> str:
+        """The address both apps bind to: 127.0.0.1 unless ``expose_apps`` is set.
+
+        >>> Settings(host="0.0.0.0").apps_address, Settings(expose_apps="srv").apps_address
+        ('127.0.0.1', '0.0.0.0')
+        """
+        return ALL_INTERFACES if self.apps_exposed else LOOPBACK_ADDRESS
+
+    @property
+    def apps_allowed_hosts(self) -> tuple[str, ...]:
+        """The Host header names the apps answer (any other is refused: DNS rebinding)."""
+        return LOOPBACK_HOSTNAMES + tuple(
+            name for name in self.exposed_hostnames if name not in LOOPBACK_HOSTNAMES
+        )
 
     @property
     def inference_url(self) -> str:
@@ -218,6 +270,16 @@ class Settings:
     def lock_file(self) -> Path:
         """Serialises concurrent start/stop calls."""
         return self.run_dir / "torchserve.lock"
+
+    @property
+    def experiment_lock_file(self) -> Path:
+        """Held while an experiment runs on this server, by whichever console runs it."""
+        return self.run_dir / "experiment.lock"
+
+    @property
+    def console_password_file(self) -> Path:
+        """The console's password, as a salted scrypt hash (``python -m tschat.ops.password``)."""
+        return self.run_dir / "console_password.json"
 
 
 def describe_settings() -> list[tuple[str, str, str]]:

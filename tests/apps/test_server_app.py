@@ -375,13 +375,15 @@ def test_package_a_gguf_from_a_path(
     assert list(tab.dataframe[-1].value["Archive"]) == ["smol-copy.mar"]
 
     not_gguf = tmp_path / "notes.gguf"
-    not_gguf.write_text("hello")
+    not_gguf.write_text("-----BEGIN OPENSSH PRIVATE KEY-----")
     tab.text_input(key="package_path").input(str(not_gguf))
     tab.text_input(key="package_name").input("broken")
     _click(tab, "package")
     errors = _messages(tab, "error")
     assert any("Packaging model 'broken' failed" in text for text in errors), errors
-    assert any("not the GGUF magic bytes" in text for text in errors), errors
+    assert any("does not start with the GGUF magic bytes" in text for text in errors), errors
+    shown = " ".join(errors + _messages(tab, "code") + [str(c.value) for c in tab.code])
+    assert "BEGIN" not in shown and "---" not in shown, "the file's bytes are never shown"
     assert not (settings.model_store / "broken.mar").exists()
 
 
@@ -397,8 +399,108 @@ def test_logs_tail_with_a_filter(console: OpenConsole) -> None:
 # results stay on the page of this server)
 
 
+@pytest.fixture(scope="module")
+def users_exp_things(model_store: Path, console_server: Settings) -> Iterator[tuple[Path, bytes]]:
+    """A user's own archive exp-b8.mar and model exp-cont8, named like an experiment's but not
+    made by one; removed after the module's experiments."""
+    archive = model_store / "exp-b8.mar"
+    content = (model_store / ARCHIVE).read_bytes()
+    archive.write_bytes(content)
+    management = ManagementClient(console_server, KeyStore(console_server))
+    management.register_model(ARCHIVE, model_name="exp-cont8", initial_workers=0)
+    yield archive, content
+    management.unregister_model("exp-cont8")
+    archive.unlink()
+
+
+def _only_the_users_exp_things_left(
+    management: ManagementClient, users: tuple[Path, bytes]
+) -> None:
+    """The experiment's models and archives are gone; the user's are there, as they were."""
+    archive, content = users
+    assert [m.name for m in management.list_models() if m.name.startswith("exp-")] == ["exp-cont8"]
+    assert sorted(p.name for p in archive.parent.glob("exp-*")) == ["exp-b8.mar"]
+    assert archive.read_bytes() == content
+    assert management.describe_model("exp-cont8").url == ARCHIVE
+
+
+def _until_ended(tab: AppTest) -> None:
+    deadline = time.monotonic() + SLOW_S
+    while tab.get("progress") and time.monotonic() < deadline:
+        time.sleep(1)
+        tab.run()
+        assert not tab.exception, tab.exception
+    assert not tab.get("progress"), "the experiment ended"
+
+
+def _experiment_form(tab: AppTest, configs: list[str], **numbers: int) -> None:
+    tab.multiselect(key="experiment_configs").set_value(configs)
+    tab.multiselect(key="experiment_clients").set_value([1])
+    for key, value in {"experiment_rounds": 1, "experiment_max_tokens": 8, **numbers}.items():
+        tab.number_input(key=key).set_value(value)
+
+
+def _until_measuring(tab: AppTest) -> None:
+    deadline = time.monotonic() + SLOW_S
+    while time.monotonic() < deadline:
+        texts = [p.proto.text for p in tab.get("progress")]
+        assert texts, "the experiment is running"
+        if any("measuring" in text for text in texts):
+            return
+        time.sleep(1)
+        tab.run()
+        assert not tab.exception, tab.exception
+    raise AssertionError("the experiment never got to measuring")
+
+
+def test_experiment_refuses_to_touch_what_it_did_not_make(
+    console: OpenConsole, management: ManagementClient, users_exp_things: tuple[Path, bytes]
+) -> None:
+    tab = console()
+    _experiment_form(tab, ["b8", "cont8"])
+    _click(tab, "experiment_run")
+    errors = _messages(tab, "error")
+    assert any(
+        "Not made by an experiment, so left alone: exp-b8.mar in the model store, the registered "
+        "model exp-cont8" in text
+        for text in errors
+    ), errors
+    assert not tab.get("progress"), "nothing started"
+    _only_the_users_exp_things_left(management, users_exp_things)
+
+
+def test_cancel_ends_a_running_experiment_and_leaves_nothing(
+    console: OpenConsole,
+    management: ManagementClient,
+    console_server: Settings,
+    users_exp_things: tuple[Path, bytes],
+) -> None:
+    from tschat.bench import runner
+    from tschat.bench.experiments import LoadPlan, standard_configs
+    from tschat.errors import BadRequest
+
+    _unregistered(management)
+    tab = console()
+    _experiment_form(tab, ["b1w1"], experiment_rounds=20, experiment_max_tokens=1500)
+    _click(tab, "experiment_run")
+    _until_measuring(tab)
+    # One experiment per server: another console (another set of slots) cannot start one.
+    with pytest.raises(BadRequest, match="already running on this server"):
+        runner.ExperimentSlots().start(
+            console_server, store.default_gguf(), standard_configs(2, 8)[2:3], LoadPlan()
+        )
+    _click(tab, "experiment_cancel")
+    _until_ended(tab)
+    assert any("was cancelled after" in c.value for c in tab.caption)
+    assert not tab.get("dataframe") or "clients" not in tab.dataframe[-1].value, "no cut cell"
+    _only_the_users_exp_things_left(management, users_exp_things)
+
+
 def test_experiment_compares_configurations(
-    console: OpenConsole, management: ManagementClient, console_server: Settings
+    console: OpenConsole,
+    management: ManagementClient,
+    console_server: Settings,
+    users_exp_things: tuple[Path, bytes],
 ) -> None:
     _unregistered(management)  # nothing else loads the two cores while it measures
     tab = console()
@@ -416,12 +518,7 @@ def test_experiment_compares_configurations(
 
     progress = [p.proto.value for p in tab.get("progress")]
     assert progress, "a progress bar while it runs"
-    deadline = time.monotonic() + SLOW_S
-    while tab.get("progress") and time.monotonic() < deadline:
-        time.sleep(2)
-        tab.run()
-        assert not tab.exception, tab.exception
-    assert not tab.get("progress"), "the experiment ended"
+    _until_ended(tab)
     assert not _messages(tab, "warning"), _messages(tab, "warning")
     assert any("finished after" in c.value for c in tab.caption)
 
@@ -435,6 +532,30 @@ def test_experiment_compares_configurations(
     assert (table["tokens/s"] > 0).all() and (table["worker RSS (MB)"] > 50).all()
     assert tab.get("plotly_chart"), "the comparison chart"
     assert [b.proto.label for b in tab.get("download_button")] == ["Download CSV"]
-    # Nothing is left behind: the configurations were unregistered and their archives removed.
-    assert not [m for m in management.list_models() if m.name.startswith("exp-")]
-    assert not list(console_server.model_store.glob("exp-*.mar"))
+    # Nothing is left behind: the configurations were unregistered and their archives removed;
+    # the user's own exp- archive and model are as they were.
+    _only_the_users_exp_things_left(management, users_exp_things)
+
+
+def test_stop_ends_a_running_experiment(
+    tmp_path: Path,
+    helpers: Helpers,
+    model_store: Path,
+    open_console: Callable[[Settings], OpenConsole],
+) -> None:
+    settings = helpers.make_settings(tmp_path, model_store=model_store)
+    process.start(settings)
+    try:
+        tab = open_console(settings)()
+        _experiment_form(tab, ["b1w1", "b1w2"], experiment_rounds=20, experiment_max_tokens=1500)
+        _click(tab, "experiment_run")
+        _until_measuring(tab)
+        pids = helpers.server_pids(settings)
+        _click(tab, "stop")  # TorchServe's Stop, at the top of the page
+        assert any("TorchServe stopped" in text for text in _messages(tab, "success"))
+        helpers.assert_stopped(settings, pids)
+        assert not tab.get("progress"), "the experiment ended with the server"
+        assert any("was cancelled after" in c.value for c in tab.caption), "not run on"
+        assert not list(model_store.glob("exp-b1w*")), "its archives are removed"
+    finally:
+        process.stop(settings)

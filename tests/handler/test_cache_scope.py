@@ -61,3 +61,11 @@ def test_off_reuses_nothing(tmp_path: Path) -> None:
         assert cached(ask(harness, "What is the salary of Ann?", user="alice")) == 0
     finally:
         harness.handler.engine.close()
+
+
+def test_packaging_offers_the_engines_scopes() -> None:
+    import engine
+
+    from tschat.ops.packaging import PREFIX_CACHE_SCOPES
+
+    assert PREFIX_CACHE_SCOPES == engine.CACHE_SCOPES

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from tschat.api.management import ManagementClient
 from tschat.api.metrics import fetch_metrics, total
 from tschat.errors import ArchiveInvalid, AuthError, ModelNotFound
 from tschat.ops import process
+from tschat.ops.serving import ServingRegistry
 from tschat.settings import Settings
 
 if TYPE_CHECKING:
@@ -147,6 +149,7 @@ def test_registration_from_outside_the_model_store_is_refused(
         f"{decoy.url}/smollm2.mar",
         f"file://{outside}",
         f"file://{bare_server.model_store}/../{outside.name}",
+        f"{bare_server.model_store}/../{outside.name}",
     ]
     for url in refused:
         response = requests.post(
@@ -159,10 +162,57 @@ def test_registration_from_outside_the_model_store_is_refused(
     assert _Decoy.hits == [], "TorchServe fetched a URL outside the model store"
     # The client refuses such names before sending anything.
     client = ManagementClient(bare_server)
-    for url in refused + ["../smollm2.mar", "sub/smollm2.mar", "missing.mar"]:
+    for url in refused + ["../smollm2.mar", "sub/smollm2.mar", "missing.mar", str(tmp_path)]:
         with pytest.raises(ArchiveInvalid):
             client.register_model(url)
+    with pytest.raises(ArchiveInvalid):
+        ServingRegistry.for_settings(bare_server).register(str(tmp_path))
     assert client.list_models() == []
+
+
+def test_torchserve_registers_a_bare_directory_anywhere_and_runs_its_handler(
+    bare_server: Settings, tmp_path: Path
+) -> None:
+    """What allowed_urls does not cover: a plain path to a directory (not a URL) holding a
+    manifest and a handler is registered from anywhere on disk, and its code runs in a worker.
+    The management key is therefore as strong as running code as the server's user."""
+    model = tmp_path / "not-in-the-store"
+    (model / "MAR-INF").mkdir(parents=True)
+    (model / "MAR-INF" / "MANIFEST.json").write_text(
+        json.dumps({"runtime": "python", "model": {"modelName": "planted", "handler": "h.py",
+                                                    "modelVersion": "1.0"}})
+    )  # fmt: skip
+    ran = tmp_path / "handler-ran"
+    (model / "h.py").write_text(
+        f"import pathlib\npathlib.Path({str(ran)!r}).write_text('yes')\n"
+        "def handle(data, context):\n    return ['planted' for _ in data or []]\n"
+    )
+    key = Keys.from_file(bare_server.key_file).management
+    try:
+        response = requests.post(
+            f"{bare_server.management_url}/models",
+            params={"url": str(model), "initial_workers": 1, "synchronous": "true"},
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=180,
+        )
+        assert response.status_code == 200, response.text
+        assert ran.read_text() == "yes", "the planted handler ran"
+        assert ManagementClient(bare_server).describe_model("planted").url == str(model)
+    finally:
+        requests.delete(
+            f"{bare_server.management_url}/models/planted",
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=60,
+        )
+    # A directory without a manifest is refused.
+    (model / "MAR-INF" / "MANIFEST.json").unlink()
+    response = requests.post(
+        f"{bare_server.management_url}/models",
+        params={"url": str(model), "initial_workers": 0},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=60,
+    )
+    assert response.status_code == 400
 
 
 def test_missing_and_wrong_keys_get_400_and_auth_error(bare_server: Settings) -> None:

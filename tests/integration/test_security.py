@@ -1,4 +1,5 @@
-"""Closed by default: loopback binds, owner-only secrets kept out of git, no tracebacks shown."""
+"""Closed by default: loopback binds, owner-only secrets kept out of git, no tracebacks shown,
+apps that answer only their own host names."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ import psutil
 import pytest
 import tomllib
 
+from tschat import run
 from tschat.ops import process
+from tschat.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -83,3 +86,110 @@ def test_apps_started_plainly_listen_on_loopback_only(app: str, helpers: Any) ->
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+# ---------------------------------------------------------------- the apps under `make run`
+
+
+def page(port: int, host_header: str) -> tuple[int, bytes]:
+    """Status and body of the app's page ``/`` requested with ``host_header``."""
+    request = f"GET / HTTP/1.1\r\nHost: {host_header}\r\nConnection: close\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(request.encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+@pytest.fixture(scope="module")
+def apps_of_make_run(tmp_path_factory: pytest.TempPathFactory, helpers: Any) -> Any:
+    """Both apps as `make run` starts them, with TSCHAT_HOST=0.0.0.0 (TorchServe not started)."""
+    console_port, chat_port = helpers.free_ports(2)
+    settings = Settings.from_env(
+        {
+            "TSCHAT_HOST": "0.0.0.0",
+            "TSCHAT_CONSOLE_PORT": str(console_port),
+            "TSCHAT_CHAT_PORT": str(chat_port),
+            "TSCHAT_RUN_DIR": str(tmp_path_factory.mktemp("apps") / "var"),
+        }
+    )
+    apps = run.start_apps(settings)
+    try:
+        for port in (console_port, chat_port):
+            helpers.wait_listening(port, timeout=60)
+        yield settings, apps
+    finally:
+        for app in apps:
+            process.stop_child(app)
+
+
+def test_torchserve_host_0000_leaves_both_apps_on_loopback(apps_of_make_run: Any) -> None:
+    settings, apps = apps_of_make_run
+    for app, port in zip(apps, (settings.console_port, settings.chat_port), strict=True):
+        addresses = {a for a in listening_addresses([app.pid]) if a[1] == port}
+        assert addresses == {("127.0.0.1", port)}, addresses
+
+
+@pytest.mark.parametrize("foreign", ["rebound.example", "rebound.example:{port}", "0.0.0.0:{port}",
+                                     "127.0.0.1.rebound.example:{port}", ""])  # fmt: skip
+def test_a_websocket_addressed_to_a_foreign_host_is_refused(
+    apps_of_make_run: Any, foreign: str, helpers: Any
+) -> None:
+    settings, _ = apps_of_make_run
+    for port in (settings.console_port, settings.chat_port):
+        assert helpers.websocket_status(port, foreign.format(port=port)) == 403
+        assert helpers.websocket_status(port, f"127.0.0.1:{port}") == 101
+        assert helpers.websocket_status(port, f"localhost:{port}") == 101
+
+
+def test_a_page_for_a_foreign_host_is_only_streamlits_empty_shell(apps_of_make_run: Any) -> None:
+    """The page is Streamlit's static frontend, the same for both apps: everything an app shows
+    or does goes over the WebSocket, which a foreign Host does not get."""
+    settings, _ = apps_of_make_run
+    console = page(settings.console_port, "rebound.example")
+    chat = page(settings.chat_port, "rebound.example")
+    assert console[0] == chat[0] == 200
+    own = page(settings.console_port, f"127.0.0.1:{settings.console_port}")
+    assert console[1] == chat[1] == own[1]
+    for text in (b"TorchServe", b"console", b"smollm2", str(settings.run_dir).encode()):
+        assert text not in console[1]
+
+
+# ---------------------------------------------------------------- the run folder
+
+
+def test_run_folder_keys_and_logs_are_never_readable_by_others(
+    tmp_path: Path, helpers: Any, torchserve_server: Any
+) -> None:
+    """Watch the run folder from before it exists, through start, a worker, a key refresh and
+    stop: it is 0700 and no file in it is ever seen readable by group or others."""
+    from folder_watch import FolderWatch
+
+    from tschat.api.keys import KeyStore
+    from tschat.ops.serving import ServingRegistry
+
+    settings = helpers.make_settings(tmp_path, model_store=torchserve_server.settings.model_store)
+    with FolderWatch(tmp_path) as watch:
+        process.start(settings)
+        try:
+            keys = KeyStore(settings)
+            registry = ServingRegistry.for_settings(settings, keys)
+            registry.register("smollm2.mar", initial_workers=1)
+            registry.wait_until_ready("smollm2", timeout=240)
+            keys.refresh("inference")
+        finally:
+            process.stop(settings)
+        time.sleep(0.5)  # the last events
+    assert not watch.overflowed
+    inside = [(path, stat.S_IMODE(mode)) for path, mode in watch.seen
+              if path.is_relative_to(settings.run_dir)]  # fmt: skip
+    names = {path.name for path, _ in inside}
+    expected = {"key_file.json", "config.properties", "torchserve.pid", "console.log",
+                "ts_log.log", "model_log.log", "access_log.log", "ts_metrics.log"}  # fmt: skip
+    assert expected <= names, expected - names
+    assert {mode for path, mode in inside if path == settings.run_dir} == {0o700}
+    readable = sorted({f"{path.relative_to(tmp_path)} {oct(mode)}" for path, mode in inside
+                       if mode & 0o077})  # fmt: skip
+    assert not readable, readable

@@ -114,3 +114,28 @@ def test_experiment_checks_its_inputs(tmp_path) -> None:
             [config, config],
             LoadPlan(),  # type: ignore[arg-type]
         )
+
+
+def test_a_server_the_load_generator_refuses_is_refused_before_packaging(tmp_path) -> None:
+    from tschat.settings import Settings
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    settings = Settings(host="0.0.0.0", run_dir=tmp_path / "var", model_store=tmp_path / "store")
+    with pytest.raises(BadRequest, match="TSCHAT_HOST.*Nothing was packaged"):
+        runner.ExperimentSlots().start(settings, gguf, [ServedConfig.build(1, 0, 1, 2)], LoadPlan())
+    assert not settings.model_store.exists() and not settings.run_dir.exists()
+
+
+def test_only_archives_with_the_experiment_marker_count_as_an_experiments(tmp_path) -> None:
+    from tschat.ops import store
+
+    config = ServedConfig.build(2, 10, 1, 2)
+    gguf = store.default_gguf()
+    assert gguf is not None
+    marked = experiments.package_config(gguf, config, tmp_path, "exp-mine", "started now")
+    plain = experiments.package_config(gguf, config, tmp_path, "exp-users")
+    assert store.read_archive(marked).experiment == "started now"
+    assert runner.made_by_experiment(marked)
+    assert not runner.made_by_experiment(plain) and store.read_archive(plain).experiment is None
+    assert not runner.made_by_experiment(tmp_path / "missing.mar")

@@ -155,6 +155,7 @@ def test_not_gguf(write) -> None:
     assert "not a usable GGUF model file" in str(e.value)
     assert "magic" in e.value.reason
     assert str(path) in str(e.value)
+    assert "PK" not in str(e.value) and "zip" not in str(e.value), "never the file's bytes"
 
 
 def test_empty_file(write) -> None:

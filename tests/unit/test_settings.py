@@ -124,3 +124,44 @@ def test_bounds_apply_to_direct_construction_too() -> None:
 def test_settings_are_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         Settings().host = "0.0.0.0"  # type: ignore[misc]
+
+
+def test_apps_stay_on_loopback_whatever_the_torchserve_host() -> None:
+    for host in ("127.0.0.1", "0.0.0.0", "::", "myserver.lan"):
+        settings = Settings.from_env({"TSCHAT_HOST": host})
+        assert settings.apps_address == "127.0.0.1" and not settings.apps_exposed
+        assert settings.apps_allowed_hosts == ("127.0.0.1", "localhost")
+
+
+def test_exposing_the_apps_takes_its_own_setting() -> None:
+    settings = Settings.from_env({"TSCHAT_EXPOSE_APPS": " myserver.lan,10.0.0.5 ,localhost"})
+    assert settings.apps_exposed and settings.apps_address == "0.0.0.0"
+    assert settings.exposed_hostnames == ("myserver.lan", "10.0.0.5", "localhost")
+    assert settings.apps_allowed_hosts == ("127.0.0.1", "localhost", "myserver.lan", "10.0.0.5")
+    assert settings.host == "127.0.0.1", "TorchServe stays where it was"
+    assert Settings.from_env(settings.as_env()).expose_apps == settings.expose_apps
+    assert "TSCHAT_EXPOSE_APPS" not in Settings().as_env()
+
+
+@pytest.mark.parametrize("value", ["*", "*.example.com", "http://myserver", "myserver:8501",
+                                   "my server", "-bad", "a..b"])  # fmt: skip
+def test_exposure_names_are_host_names(value: str) -> None:
+    with pytest.raises(SettingsError, match="TSCHAT_EXPOSE_APPS holds"):
+        Settings.from_env({"TSCHAT_EXPOSE_APPS": f"ok.lan,{value}"})
+
+
+def test_streamlit_config_answers_the_loopback_names_only() -> None:
+    import tomllib
+
+    from tschat.settings import LOOPBACK_HOSTNAMES
+
+    config = tomllib.loads((REPO_ROOT / ".streamlit" / "config.toml").read_text())
+    assert tuple(config["server"]["allowedHosts"]) == LOOPBACK_HOSTNAMES
+    assert config["server"]["address"] == Settings().apps_address
+    assert config["server"]["enableCORS"] is True
+
+
+def test_readme_lists_every_variable() -> None:
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    missing = [name for name, _, _ in describe_settings() if f"| `{name}` |" not in readme]
+    assert not missing, missing

@@ -460,10 +460,16 @@ class InferenceClient:
         )
         return cast(ChatCompletion, _json_object(response))
 
-    def chat_stream(self, model: str, messages: Sequence[ChatMessage], **params: Any) -> ChatStream:
-        """Stream a chat answer: iterate the returned ChatStream for text deltas."""
+    def chat_stream(
+        self, model: str, messages: Sequence[ChatMessage], *, path: str | None = None, **params: Any
+    ) -> ChatStream:
+        """Stream a chat answer: iterate the returned ChatStream for text deltas.
+
+        ``path`` is another server's chat-completions path on this base URL (llama-server's
+        ``/v1/chat/completions``), instead of ``model``'s on TorchServe.
+        """
         body = _body(params, messages=list(messages), stream=True)
-        path = self._path(model, "chat/completions")
+        path = path or self._path(model, "chat/completions")
         started = time.perf_counter()
         response = self._request("POST", path, body=body, stream=True, model=model)
         return ChatStream(response, self.base_url + path, started, self.timeout)

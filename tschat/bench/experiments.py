@@ -12,6 +12,7 @@ own; the console's Experiments page on the operator's server, in a background
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -265,11 +266,13 @@ def warmup_spec(config: ServedConfig) -> LoadSpec:
     return LoadSpec(clients, WARMUP_ROUNDS * clients, 16)
 
 
-def package_config(gguf: Path, config: ServedConfig, model_store: Path, name: str) -> Path:
-    """Package ``gguf`` with ``config`` into ``model_store/NAME.mar`` and check what it holds."""
-    for _ in package_model(
-        gguf, name=name, model_store=model_store, force=True, options=config.package_options()
-    ):
+def package_config(
+    gguf: Path, config: ServedConfig, model_store: Path, name: str, experiment: str | None = None
+) -> Path:
+    """Package ``gguf`` with ``config`` into ``model_store/NAME.mar`` and check what it holds
+    (``experiment``: the marker that says an experiment made it)."""
+    options = dataclasses.replace(config.package_options(), experiment=experiment)
+    for _ in package_model(gguf, name=name, model_store=model_store, force=True, options=options):
         pass
     archive = model_store / f"{name}.mar"
     info = store.read_archive(archive)
@@ -321,6 +324,8 @@ def measure_config(
                 url, keys, model_name, plan.spec(clients, stagger), on_record=on_record,
                 cancel=cancel,
             )  # fmt: skip
+        if cancel is not None and cancel.is_set():
+            break  # a cell cut short measures nothing comparable
         row = Row(
             config.key,
             config.label,

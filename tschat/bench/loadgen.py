@@ -1,37 +1,46 @@
-"""Concurrent streaming clients against the OpenAI-style chat endpoint of a local TorchServe.
+"""Concurrent streaming clients against an OpenAI-compatible chat endpoint on this machine.
 
-Each client is a thread with its own HTTP session that sends streamed chat requests one after
-another (a closed loop): its share of the run's requests, or fewer if the time budget runs
-out. For every request it records when the first content token arrived, the gaps between later
-tokens, the token count (from the final chunk's ``usage``) and any failure. Clients may start
-staggered, client ``i`` starting ``i * stagger_s`` after the first, to model users arriving
-one by one.
+A :class:`Target` is a chat-completions URL and its key: TorchServe's
+``/predictions/MODEL/1.0/v1/chat/completions`` with its inference key (refreshed when it
+expires), or llama-server's ``/v1/chat/completions`` with its API key. What the clients ask
+comes from a scenario (:mod:`tschat.bench.scenarios`): distinct prompts, multi-turn chats that
+re-send their history each turn, or one shared prompt.
+
+Each client is a thread with its own HTTP session that works through its share of the
+scenario's conversations one request after another (a closed loop), or fewer if the time
+budget runs out. For every request it records when the first content token arrived, the gaps
+between later tokens, the token counts (from the final chunk's ``usage``), which conversation
+and turn it was, and any failure. Clients may start staggered, client ``i`` starting
+``i * stagger_s`` after the first, to model users arriving one by one.
 
 The figures come from the pure functions below (:func:`percentile`, :func:`summarize`),
 which the unit tests pin down. Only loopback addresses are accepted: this is a tool for
 measuring a server on this machine, not for loading someone else's.
 
-The console's Experiments page and ``benchmarks/`` both drive loads through :func:`run_load`;
-``python -m benchmarks.loadgen`` is its command line.
+The console's Experiments page and ``benchmarks/`` both drive loads through :func:`run_load`
+and :func:`run_target`; ``python -m benchmarks.loadgen`` is its command line.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import ipaddress
 import math
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
-from tschat.api.inference import ChatMessage, InferenceClient
+from tschat.api.inference import ChatMessage, ChatStream, InferenceClient
 from tschat.api.keys import KeyStore
+from tschat.bench import scenarios
+from tschat.bench.scenarios import DEFAULT_INSTRUCTION, SHARED_PREFIX, Conversation
 from tschat.errors import TsChatError
 
-DEFAULT_INSTRUCTION = (
-    "Write a long, detailed story about a lighthouse keeper who finds a message in a bottle."
-)
+__all__ = ["DEFAULT_INSTRUCTION"]  # re-exported: the Experiments page's default prompt
 # Filler that makes a prompt longer without changing what is asked.
 _FILLER = (
     "The harbour town sits between grey cliffs and a wide bay where fishing boats come and go "
@@ -40,8 +49,35 @@ _FILLER = (
 
 
 @dataclass(frozen=True)
+class Target:
+    """An OpenAI-compatible chat-completions endpoint on this machine, and the key it takes."""
+
+    base_url: str
+    keys: KeyStore | None
+    model: str = ""  # TorchServe's model name (the path is built from it), or a label
+    path: str | None = None  # another server's chat-completions path, e.g. "/v1/chat/completions"
+
+    @classmethod
+    def torchserve(cls, base_url: str, keys: KeyStore, model: str) -> Target:
+        """A model on TorchServe, with its inference key (refreshed when it expires)."""
+        return cls(base_url, keys, model)
+
+    @classmethod
+    def openai(cls, base_url: str, api_key: str | None, label: str = "") -> Target:
+        """A server with the OpenAI layout (llama-server), with a fixed API key if any."""
+        keys = KeyStore.explicit(inference=api_key) if api_key else None
+        return cls(base_url, keys, label, "/v1/chat/completions")
+
+
+@dataclass(frozen=True)
 class LoadSpec:
-    """One load: how many clients, how many requests in all, and what they ask."""
+    """One load: how many clients, how many requests in all, and what they ask.
+
+    ``scenario`` picks the requests (:mod:`tschat.bench.scenarios`); ``max_tokens`` is the answer
+    cap of shared-prefix requests and the largest cap the other scenarios draw; ``turns`` is
+    the length of a multi-turn chat; ``first`` is the index of the first conversation drawn, so
+    that successive loads can ask different questions.
+    """
 
     clients: int
     requests: int
@@ -52,6 +88,10 @@ class LoadSpec:
     timeout_s: float = 120.0
     temperature: float = 0.0
     seed: int = 1
+    scenario: str = SHARED_PREFIX
+    turns: int = scenarios.DEFAULT_TURNS
+    first: int = 0
+    repeat_penalty: float | None = None  # None: the server's default
 
     def __post_init__(self) -> None:
         if self.clients < 1 or self.requests < 1:
@@ -60,6 +100,32 @@ class LoadSpec:
             raise ValueError("max_tokens must be at least 1")
         if self.stagger_s < 0 or self.duration_s <= 0 or self.timeout_s <= 0:
             raise ValueError("stagger_s must be >= 0, duration_s and timeout_s > 0")
+        if self.scenario not in scenarios.SCENARIOS:
+            raise ValueError(
+                f"unknown scenario {self.scenario!r}: one of {', '.join(scenarios.SCENARIOS)}"
+            )
+        if self.turns < 1 or self.first < 0:
+            raise ValueError("turns must be at least 1 and first at least 0")
+
+    def conversations(self) -> list[Conversation]:
+        """What the clients send, in order (multi-turn rounds up to whole chats)."""
+        return scenarios.build(
+            self.scenario,
+            self.requests,
+            first=self.first,
+            max_tokens=self.max_tokens,
+            turns=self.turns,
+            prompt=self.prompt or DEFAULT_INSTRUCTION,
+        )
+
+    def sampling(self) -> dict[str, Any]:
+        """The sampling fields every request carries (None: left to the server)."""
+        return {
+            "temperature": self.temperature,
+            "seed": self.seed,
+            "repeat_penalty": self.repeat_penalty,
+            "stream_options": {"include_usage": True},
+        }
 
 
 @dataclass(frozen=True)
@@ -72,6 +138,9 @@ class RequestRecord:
     token_times: tuple[float, ...] = ()  # arrival of each piece of content
     tokens: int = 0
     error: str | None = None
+    conversation: int = 0  # index within the load's conversations
+    turn: int = 1  # 1 for the first request of a conversation
+    prompt_tokens: int | None = None  # as the server counted them (usage), when it said
 
     @property
     def ok(self) -> bool:
@@ -210,6 +279,22 @@ def summarize(records: Sequence[RequestRecord]) -> Summary:
     )
 
 
+def ttft_by_turn(records: Sequence[RequestRecord], q: float = 50) -> dict[int, float | None]:
+    """The q-th percentile of time to first token (ms) of successful requests, per turn.
+
+    >>> recs = [RequestRecord(0, 0.0, 1.0, (0.1,), 1), RequestRecord(1, 0.0, 1.0, (0.2,), 1),
+    ...         RequestRecord(0, 1.0, 2.0, (1.3,), 1, turn=2),
+    ...         RequestRecord(1, 1.0, 2.0, (), 0, "X: failed", turn=2)]
+    >>> {turn: round(ms) for turn, ms in ttft_by_turn(recs).items()}
+    {1: 150, 2: 300}
+    """
+    turns: dict[int, list[float]] = {}
+    for r in records:
+        if r.ok and (ttft := r.ttft_s) is not None:
+            turns.setdefault(r.turn, []).append(ttft)
+    return {turn: _ms(percentile(turns[turn], q)) for turn in sorted(turns)}
+
+
 def client_quotas(requests: int, clients: int) -> list[int]:
     """Requests per client: as even as possible, the first clients taking the remainder.
 
@@ -274,37 +359,63 @@ def run_load(
     on_record: Callable[[RequestRecord], None] | None = None,
     cancel: threading.Event | None = None,
 ) -> LoadResult:
-    """Run ``spec`` against ``{base_url}/predictions/{model}/1.0/v1/chat/completions``.
+    """Run ``spec`` against ``{base_url}/predictions/{model}/1.0/v1/chat/completions``."""
+    return run_target(Target.torchserve(base_url, keys, model), spec, on_record, cancel)
+
+
+def run_target(
+    target: Target,
+    spec: LoadSpec,
+    on_record: Callable[[RequestRecord], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> LoadResult:
+    """Run ``spec`` against ``target``.
 
     Blocks until every request has finished or failed, or the time budget (``duration_s``
     for starting requests, plus ``timeout_s`` for the last ones to end) is spent.
     ``on_record`` is called from the client threads as each request ends (for progress).
-    Setting ``cancel`` stops the clients from sending more; requests under way finish.
+    Setting ``cancel`` stops the clients from sending more and closes the streams under way
+    (the server stops generating them); they are recorded as failed.
+    A conversation whose request fails ends there: its history has no answer to go on with.
     """
-    check_loopback(base_url)
-    messages: list[ChatMessage] = [{"role": "user", "content": spec.prompt}]
+    check_loopback(target.base_url)
+    conversations = spec.conversations()
+    quotas = client_quotas(len(conversations), spec.clients)
+    shares = [sum(quotas[:i]) for i in range(spec.clients + 1)]
     lock = threading.Lock()
     records: list[RequestRecord] = []
+    streams = _OpenStreams()
     t0 = time.perf_counter()
     deadline = t0 + spec.stagger_s * (spec.clients - 1) + spec.duration_s
-    quotas = client_quotas(spec.requests, spec.clients)
+
+    def stopped() -> bool:
+        return time.perf_counter() >= deadline or (cancel is not None and cancel.is_set())
 
     def client_loop(index: int) -> None:
-        client = InferenceClient(base_url, keys, timeout=spec.timeout_s)
+        client = InferenceClient(target.base_url, target.keys, timeout=spec.timeout_s)
         try:
             delay = t0 + index * spec.stagger_s - time.perf_counter()
             if delay > 0 and cancel is not None:
                 cancel.wait(delay)
             elif delay > 0:
                 time.sleep(delay)
-            for _ in range(quotas[index]):
-                if time.perf_counter() >= deadline or (cancel is not None and cancel.is_set()):
-                    break
-                record = _one_request(client, model, messages, spec, index, t0)
-                with lock:
-                    records.append(record)
-                if on_record is not None:
-                    on_record(record)
+            for number in range(shares[index], shares[index + 1]):
+                history: list[ChatMessage] = []
+                for turn_number, turn in enumerate(conversations[number].turns, 1):
+                    if stopped():
+                        return
+                    history.append({"role": "user", "content": turn.user})
+                    record, answer = _one_request(
+                        client, target, history, turn.max_tokens, spec, t0, streams,
+                        RequestRecord(index, 0.0, 0.0, conversation=number, turn=turn_number),
+                    )  # fmt: skip
+                    with lock:
+                        records.append(record)
+                    if on_record is not None:
+                        on_record(record)
+                    if not record.ok:
+                        break
+                    history.append({"role": "assistant", "content": answer})
         finally:
             client.session.close()
 
@@ -317,6 +428,8 @@ def run_load(
     give_up = deadline + spec.timeout_s + 5.0
     # Short joins, so that Ctrl-C reaches this thread while clients are still streaming.
     while any(t.is_alive() for t in threads) and time.perf_counter() < give_up:
+        if cancel is not None and cancel.is_set():
+            streams.close_all()
         for thread in threads:
             thread.join(0.2)
     with lock:
@@ -324,36 +437,80 @@ def run_load(
     return LoadResult(spec, done, summarize(done))
 
 
+class _OpenStreams:
+    """The streams the clients are reading, so that a cancel can close them all."""
+
+    def __init__(self) -> None:
+        self._streams: set[ChatStream] = set()
+        self._lock = threading.Lock()
+        self.closed = False
+
+    def add(self, stream: ChatStream) -> None:
+        with self._lock:
+            self._streams.add(stream)
+            closed = self.closed
+        if closed:  # opened while the cancel closed the others
+            stream.close()
+
+    def discard(self, stream: ChatStream) -> None:
+        with self._lock:
+            self._streams.discard(stream)
+
+    def close_all(self) -> None:
+        with self._lock:
+            self.closed = True
+            streams = list(self._streams)
+        for stream in streams:
+            with contextlib.suppress(Exception):  # closing from another thread may race
+                stream.close()
+
+
 def _one_request(
     client: InferenceClient,
-    model: str,
+    target: Target,
     messages: list[ChatMessage],
+    max_tokens: int,
     spec: LoadSpec,
-    index: int,
     t0: float,
-) -> RequestRecord:
+    streams: _OpenStreams,
+    which: RequestRecord,
+) -> tuple[RequestRecord, str]:
+    """Send one streamed request; its record (client, conversation, turn from ``which``)."""
     started = time.perf_counter() - t0
     times: list[float] = []
     tokens = 0
+    prompt_tokens: int | None = None
     error: str | None = None
+    text = ""
     try:
         stream = client.chat_stream(
-            model,
-            messages,
-            max_tokens=spec.max_tokens,
-            temperature=spec.temperature,
-            seed=spec.seed,
+            target.model, messages, path=target.path, max_tokens=max_tokens, **spec.sampling()
         )
-        for _piece in stream:
-            times.append(time.perf_counter() - t0)
+        streams.add(stream)
+        try:
+            for _piece in stream:
+                times.append(time.perf_counter() - t0)
+        finally:
+            streams.discard(stream)
+        text = stream.text
         tokens = stream.usage.completion_tokens if stream.usage is not None else len(times)
+        prompt_tokens = stream.usage.prompt_tokens if stream.usage is not None else None
     except TsChatError as exc:
         error = f"{type(exc).__name__}: {exc}"
         tokens = len(times)
     except Exception as exc:  # noqa: BLE001 - a benchmark counts every failure, whatever it is
         error = f"{type(exc).__name__}: {exc}"
         tokens = len(times)
-    return RequestRecord(index, started, time.perf_counter() - t0, tuple(times), tokens, error)
+    record = dataclasses.replace(
+        which,
+        started=started,
+        finished=time.perf_counter() - t0,
+        token_times=tuple(times),
+        tokens=tokens,
+        error=error,
+        prompt_tokens=prompt_tokens,
+    )
+    return record, text
 
 
 # ---------------------------------------------------------------- text

@@ -1,13 +1,22 @@
 """Experiments in the background: configurations measured one after another in a thread, on a
-running TorchServe, while the console's page reruns."""
+running TorchServe, while the console's page reruns.
+
+An experiment touches only what it made: the archives it packages carry a marker
+(``experiment`` in their model-config.yaml), and an archive or registered model of the same
+name without it stops the experiment before anything is packaged. One experiment runs per
+server at a time, whichever console started it (a lock in the run directory).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from tschat.api.keys import KeyStore
@@ -19,10 +28,13 @@ from tschat.bench.experiments import (
     package_config,
     register_config,
 )
-from tschat.bench.loadgen import RequestRecord
-from tschat.errors import BadRequest, TsChatError
+from tschat.bench.loadgen import RequestRecord, check_loopback
+from tschat.errors import BadRequest, ModelNotFound, TsChatError
+from tschat.ops import process, store
 from tschat.ops.serving import ServingRegistry
 from tschat.settings import Settings
+
+SERVER_STOPPED = "TorchServe stopped, so the experiment ended."
 
 
 @dataclass(frozen=True)
@@ -57,9 +69,10 @@ class _Progress:
 class Experiment:
     """Measure configurations one after another on a running TorchServe, in a thread.
 
-    Each configuration is packaged from ``gguf`` into the model store as ``PREFIX-KEY.mar``,
-    registered under that name, measured and unregistered; the archives are removed at the
-    end. A configuration that fails is reported and the next one goes on.
+    Each configuration is packaged from ``gguf`` into the model store as ``PREFIX-KEY.mar``
+    (marked as an experiment's), registered under that name, measured and unregistered; the
+    archives are removed at the end. A configuration that fails is reported and the next one
+    goes on; a cancel, or TorchServe stopping, ends the experiment.
     """
 
     PREFIX = "exp"
@@ -73,6 +86,13 @@ class Experiment:
             raise BadRequest("Each configuration can be measured once per experiment.")
         if not gguf.is_file():
             raise BadRequest(f"There is no GGUF file at {gguf}.")
+        try:
+            check_loopback(settings.inference_url)
+        except ValueError as error:
+            raise BadRequest(
+                f"Experiments measure a TorchServe on this machine, and {error}: set TSCHAT_HOST "
+                "to 127.0.0.1 to run one. Nothing was packaged."
+            ) from None
         self.settings = settings
         self.gguf = gguf
         self.configs = tuple(configs)
@@ -82,6 +102,8 @@ class Experiment:
         self._lock = threading.Lock()
         self._progress = _Progress(total=sum(self._units(c) for c in self.configs))
         self._thread = threading.Thread(target=self._run, name="experiment", daemon=True)
+        self.mark = f"started {datetime.now():%Y-%m-%d %H:%M:%S} by process {os.getpid()}"
+        self._server_lock: int | None = None
 
     # Progress counts requests; packaging and registering a configuration weigh as much as
     # a few requests, so the bar moves while they run.
@@ -94,12 +116,57 @@ class Experiment:
         return f"{self.PREFIX}-{config.key}"
 
     def start(self) -> Experiment:
-        self._thread.start()
+        """Claim the server, check that nothing of the same names belongs to someone else, and
+        run in a thread. BadRequest, with nothing done, when either fails."""
+        self._claim_server()
+        try:
+            self._check_names(ServingRegistry.for_settings(self.settings))
+            self._thread.start()
+        except BaseException:
+            self._release_server()
+            raise
         return self
 
     def cancel(self) -> None:
-        """Send no more requests; the configuration under way is unregistered."""
+        """End the experiment: the streams under way are closed, the configuration under way
+        is unregistered and its archive removed."""
         self._cancel.set()
+
+    def _claim_server(self) -> None:
+        process.prepare_run_dir(self.settings)
+        descriptor = os.open(self.settings.experiment_lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise BadRequest(
+                "An experiment is already running on this server (perhaps from another "
+                "console): wait until it ends, or cancel it where it was started."
+            ) from None
+        self._server_lock = descriptor
+
+    def _release_server(self) -> None:
+        if self._server_lock is not None:
+            os.close(self._server_lock)  # closing the descriptor releases the lock
+            self._server_lock = None
+
+    def _check_names(self, registry: ServingRegistry) -> None:
+        """BadRequest when an archive or registered model of an experiment's name is not one
+        an experiment made: it is left alone, and the experiment does not run."""
+        others = []
+        for config in self.configs:
+            name = self.model_name(config)
+            archive = self.settings.model_store / f"{name}.mar"
+            if archive.exists() and not made_by_experiment(archive):
+                others.append(f"{archive.name} in the model store")
+            url = registered_archive(registry, name)
+            if url is not None and not made_by_experiment(self.settings.model_store / url):
+                others.append(f"the registered model {name}")
+        if others:
+            raise BadRequest(
+                f"Not made by an experiment, so left alone: {', '.join(others)}. Rename or "
+                "unregister them, or pick other configurations; nothing was packaged."
+            )
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
@@ -130,6 +197,8 @@ class Experiment:
         registry = ServingRegistry.for_settings(self.settings, keys)
         try:
             for n, config in enumerate(self.configs, 1):
+                if n > 1 and not self._cancel.is_set() and not self._server_running():
+                    self._stopped_by(SERVER_STOPPED)
                 if self._cancel.is_set():
                     break
                 where = f"{n}/{len(self.configs)} {config.label}"
@@ -139,6 +208,8 @@ class Experiment:
                 except Exception as exc:  # noqa: BLE001 - one broken configuration spoils no other
                     with self._lock:
                         self._progress.errors.append(f"{config.label}: {exc}")
+                    if not self._server_running():
+                        self._stopped_by(SERVER_STOPPED)
                 finally:
                     with self._lock:  # a failed or cut short configuration counts as done
                         self._progress.done = started + self._units(config)
@@ -146,6 +217,15 @@ class Experiment:
             with self._lock:
                 self._progress.step = "Cancelled" if self._cancel.is_set() else "Finished"
                 self._progress.finished = time.time()
+            self._release_server()
+
+    def _server_running(self) -> bool:
+        return process.status(self.settings).running
+
+    def _stopped_by(self, reason: str) -> None:
+        with self._lock:
+            self._progress.errors.append(reason)
+        self._cancel.set()
 
     def _measure(
         self, registry: ServingRegistry, keys: KeyStore, config: ServedConfig, where: str
@@ -153,13 +233,23 @@ class Experiment:
         name = self.model_name(config)
         archive = self.settings.model_store / f"{name}.mar"
         self._advance(0, f"{where}: packaging {archive.name}")
-        with contextlib.suppress(TsChatError):  # left registered by a run that was cut short
-            registry.unregister(name)
+        url = registered_archive(registry, name)
+        if url is not None:  # ours (checked at the start), left by a run that was cut short
+            if not made_by_experiment(self.settings.model_store / url):
+                raise BadRequest(f"{name} is now registered by someone else; it is left alone.")
+            with contextlib.suppress(TsChatError):
+                registry.unregister(name)
+        if archive.exists() and not made_by_experiment(archive):
+            raise BadRequest(f"{archive.name} is now someone else's archive; it is left alone.")
         try:
-            package_config(self.gguf, config, self.settings.model_store, name)
+            package_config(self.gguf, config, self.settings.model_store, name, self.mark)
+            if self._cancel.is_set():
+                return
             self._advance(self._SETUP_UNITS // 2, f"{where}: starting {config.workers} worker(s)")
             pids = register_config(registry, config, archive.name, name)
             try:
+                if self._cancel.is_set():
+                    return
                 self._advance(self._SETUP_UNITS - self._SETUP_UNITS // 2, f"{where}: warming up")
 
                 def on_row(row: Row) -> None:
@@ -177,7 +267,24 @@ class Experiment:
                 with contextlib.suppress(Exception):
                     registry.unregister(name)
         finally:
-            archive.unlink(missing_ok=True)
+            if made_by_experiment(archive):
+                archive.unlink(missing_ok=True)
+
+
+def made_by_experiment(archive: Path) -> bool:
+    """Whether ``archive`` is a model archive that carries an experiment's marker."""
+    try:
+        return archive.is_file() and store.read_archive(archive).experiment is not None
+    except OSError:
+        return False
+
+
+def registered_archive(registry: ServingRegistry, name: str) -> str | None:
+    """The archive (as TorchServe names it) of the model registered as ``name``, if any."""
+    try:
+        return registry.management.describe_model(name).url
+    except ModelNotFound:
+        return None
 
 
 class ExperimentSlots:
@@ -201,9 +308,9 @@ class ExperimentSlots:
                 raise BadRequest(
                     "An experiment is already running on this server; wait or cancel it."
                 )
-            experiment = Experiment(settings, gguf, configs, plan)
+            experiment = Experiment(settings, gguf, configs, plan).start()
             self._by_server[str(settings.run_dir)] = experiment
-            return experiment.start()
+            return experiment
 
     def current(self, settings: Settings) -> Experiment | None:
         """The running or last experiment on the server of ``settings``, if any."""

@@ -42,7 +42,7 @@ class ChatApi(Protocol):
     ) -> TokenCount: ...
 
     def chat_stream(
-        self, model: str, messages: Sequence[ChatMessage], **params: object
+        self, model: str, messages: Sequence[ChatMessage], **params: Any
     ) -> ChatStream: ...
 
 

@@ -300,7 +300,8 @@ def _parse(r: _Reader, size: int) -> GGUFInfo:
         raise _Invalid("the file is empty")
     head = r.read(min(size, 4))
     if head != MAGIC:
-        raise _Invalid(f"it starts with {head!r}, not the GGUF magic bytes {MAGIC!r}")
+        # Never the bytes themselves: the file may be anything on the machine (a key, say).
+        raise _Invalid("it is not a GGUF file: it does not start with the GGUF magic bytes")
     raw_version = r.read(4)
     version = struct.unpack("<I", raw_version)[0]
     if version not in SUPPORTED_VERSIONS:
@@ -321,7 +322,7 @@ def _parse(r: _Reader, size: int) -> GGUFInfo:
 
     alignment = meta.get("general.alignment", DEFAULT_ALIGNMENT)
     if not isinstance(alignment, int) or alignment <= 0:
-        raise _Invalid(f"corrupt header: general.alignment is {alignment!r}")
+        raise _Invalid("corrupt header: general.alignment is not a positive whole number")
 
     types: collections.Counter[str] = collections.Counter()
     weight_types: collections.Counter[str] = collections.Counter()

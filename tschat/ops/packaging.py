@@ -52,6 +52,9 @@ HANDLER_FILES: tuple[tuple[str, str], ...] = (
 )
 CONFIG_NAME = "model-config.yaml"
 SPLIT_MODES = ("none", "layer", "row")
+# handler.prefix_cache: whose cached prompt beginnings a request may reuse (handlers/engine.py
+# CACHE_SCOPES; tests/handler/test_cache_scope.py checks that the two agree).
+PREFIX_CACHE_SCOPES = ("shared", "per_user", "off")
 _VERSION = re.compile(r"[0-9A-Za-z._-]+")
 _WHOLE = re.compile(r"-?(0|[1-9][0-9]{0,8})")
 _QUANT_SUFFIX = re.compile(r"(.+)[.-](f32|f16|bf16|q[0-9][a-z0-9_]*|iq[0-9][a-z0-9_]*)", re.I)
@@ -77,11 +80,19 @@ class PackageOptions:
     main_gpu: int | None = None
     rpc_servers: tuple[str, ...] | None = None
     kv_unified: bool = False
+    prefix_cache: str | None = None
     model_version: str = "1.0"
+    # Marks an archive as made by an experiment (model-config.yaml's `experiment`), which may
+    # then replace and remove it; nothing else is touched by experiments.
+    experiment: str | None = None
 
     def __post_init__(self) -> None:
         if self.split_mode is not None and self.split_mode not in SPLIT_MODES:
             raise ValueError(f"--split-mode must be none, layer or row, not {self.split_mode!r}")
+        if self.prefix_cache is not None and self.prefix_cache not in PREFIX_CACHE_SCOPES:
+            raise ValueError(
+                f"--prefix-cache must be shared, per_user or off, not {self.prefix_cache!r}"
+            )
         if not _VERSION.fullmatch(self.model_version):
             raise ValueError("--model-version may hold letters, digits, '.', '_' and '-'")
 
@@ -137,6 +148,8 @@ def model_config(
         "continuousBatching": options.continuous,
     }
     config.update({key: value for key, value in top.items() if value is not None})
+    if options.experiment is not None:
+        config["experiment"] = options.experiment
     config["handler"] = handler  # last: TorchServe's keys first, then the handler's
     handler["model_path"] = model_file  # relative: the file sits at the archive's top level
     chat_template = None
@@ -153,6 +166,7 @@ def model_config(
         "main_gpu": options.main_gpu,
         "rpc_servers": list(options.rpc_servers) if options.rpc_servers else None,
         "kv_unified": True if options.kv_unified else None,
+        "prefix_cache": options.prefix_cache,
     }
     handler.update({key: value for key, value in values.items() if value is not None})
     return config
@@ -473,6 +487,9 @@ ignored on CPU)
   --rpc-servers LIST      llama.cpp RPC servers to offload layers to, e.g. 10.0.0.5:50052,...
   --kv-unified            one KV cache for all sequences (faster batches; a greedy answer may
                           then vary slightly with what else is in the batch)
+  --prefix-cache SCOPE    whose cached prompt beginnings a request may reuse: shared (anyone's),
+                          per_user (the same OpenAI `user` only; for a server shared by people)
+                          or off (default: {h.get("prefix_cache")})
 
   -h, --help              show this help
 
@@ -529,6 +546,7 @@ _TEXT_OPTIONS = {
     "--split-mode": "split_mode",
     "--tensor-split": "tensor_split",
     "--rpc-servers": "rpc_servers",
+    "--prefix-cache": "prefix_cache",
 }
 _FLAGS = {
     "--force": ("force", True),

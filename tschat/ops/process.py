@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -59,6 +60,9 @@ LOG_NAMES: tuple[LogName, ...] = get_args(LogName)
 CONSOLE_LOG = "console.log"
 SOCKET_PATH_MAX = 107  # sun_path holds 108 bytes including the final NUL
 POLL_S = 0.25
+PRIVATE_DIR, PRIVATE_FILE = 0o700, 0o600
+# The launcher, the Java frontend and the workers create every file owner-only.
+CHILD_UMASK = 0o077
 
 
 # Launchers started by this process, reaped when they exit (so none lingers as a zombie).
@@ -192,15 +196,49 @@ def escape_property(value: str) -> str:
 
 def write_config(settings: Settings) -> Path:
     """Write config.properties (owner-only, 0600) into the run directory and return its path."""
-    settings.run_dir.mkdir(parents=True, exist_ok=True)
-    path = settings.config_file
+    prepare_run_dir(settings)
+    return write_private(settings.config_file, config_text(settings))
+
+
+# ---------------------------------------------------------------- owner-only files
+
+
+def write_private(path: Path, text: str) -> Path:
+    """Replace ``path`` with ``text`` in a file only its owner can read (0600), atomically."""
     temporary = path.with_name(path.name + ".tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w", encoding="ascii") as handle:
-        os.fchmod(handle.fileno(), 0o600)
-        handle.write(config_text(settings))
+    temporary.unlink(missing_ok=True)  # O_EXCL below: never write through someone's file
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        os.fchmod(handle.fileno(), PRIVATE_FILE)
+        handle.write(text)
     os.replace(temporary, path)
     return path
+
+
+def _open_private(path: Path, flags: int) -> int:
+    """A descriptor of ``path``, created owner-only (0600) when it is new."""
+    descriptor = os.open(path, flags | os.O_CREAT, PRIVATE_FILE)
+    os.fchmod(descriptor, PRIVATE_FILE)
+    return descriptor
+
+
+def prepare_run_dir(settings: Settings) -> None:
+    """Create the run directory, logs/ and tmp/ owner-only (0700), and make what is already
+    there owner-only too (a run directory made by an older version was world-readable).
+
+    TorchServe writes key_file.json before it restricts it, and its logs with the umask: in a
+    folder no one else may enter, and with the umask the launcher gets (:data:`CHILD_UMASK`),
+    neither is ever readable by anyone else.
+    """
+    for folder in (settings.run_dir, settings.log_dir, settings.tmp_dir):
+        folder.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+        os.chmod(folder, PRIVATE_DIR)
+    for folder in (settings.run_dir, settings.log_dir):
+        for entry in os.scandir(folder):
+            if entry.is_file(follow_symlinks=False):
+                mode = stat.S_IMODE(entry.stat(follow_symlinks=False).st_mode)
+                if mode & 0o077:
+                    os.chmod(entry.path, mode & 0o700)
 
 
 # ---------------------------------------------------------------- checks
@@ -430,8 +468,8 @@ def status(settings: Settings) -> ServerStatus:
 @contextlib.contextmanager
 def _locked(settings: Settings, timeout: float) -> Iterator[None]:
     """Hold the run directory's lock so concurrent callers (e.g. app reruns) take turns."""
-    settings.run_dir.mkdir(parents=True, exist_ok=True)
-    with open(settings.lock_file, "a+b") as handle:
+    prepare_run_dir(settings)
+    with os.fdopen(_open_private(settings.lock_file, os.O_RDWR), "r+b") as handle:
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -492,8 +530,7 @@ def start(settings: Settings, timeout: float | None = None) -> ServerStatus:
             f"The run directory {settings.run_dir} is too long a path for TorchServe's worker "
             "sockets; choose a shorter TSCHAT_RUN_DIR."
         )
-    for folder in (settings.run_dir, settings.log_dir, settings.tmp_dir):
-        folder.mkdir(parents=True, exist_ok=True)
+    prepare_run_dir(settings)
     with _locked(settings, timeout + 30):
         frontend = _find_frontend(settings)
         if frontend is not None:
@@ -508,7 +545,8 @@ def start(settings: Settings, timeout: float | None = None) -> ServerStatus:
         for stale in (settings.key_file, settings.pid_file, settings.tmp_dir / ".model_server.pid"):
             stale.unlink(missing_ok=True)
         argv = _launcher_argv(settings)
-        with open(settings.log_dir / CONSOLE_LOG, "wb") as console:
+        console_log = _open_private(settings.log_dir / CONSOLE_LOG, os.O_WRONLY | os.O_TRUNC)
+        with os.fdopen(console_log, "wb") as console:
             launcher = subprocess.Popen(
                 argv,
                 cwd=settings.run_dir,  # TorchServe writes key_file.json into its cwd
@@ -517,11 +555,12 @@ def start(settings: Settings, timeout: float | None = None) -> ServerStatus:
                 stdout=console,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                umask=CHILD_UMASK,
             )
         _launchers.append(launcher)
         try:
             frontend = _wait_for_frontend(settings, launcher, deadline, timeout)
-            settings.pid_file.write_text(f"{frontend.pid}\n")
+            write_private(settings.pid_file, f"{frontend.pid}\n")
             _wait_ready(settings, frontend, launcher, deadline, timeout)
         except BaseException:
             _end(

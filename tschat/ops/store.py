@@ -55,6 +55,7 @@ class ArchiveInfo:
     max_workers: int | None = None
     response_timeout: int | None = None
     continuous: bool = False
+    experiment: str | None = None  # set when an experiment made it (see PackageOptions)
     problem: str | None = None
 
     @property
@@ -142,6 +143,7 @@ def _read_zip(archive: Path, base: ArchiveInfo) -> ArchiveInfo:
             max_workers=_opt_int(config.get("maxWorkers")),
             response_timeout=_opt_int(config.get("responseTimeout")),
             continuous=config.get("continuousBatching") is True,
+            experiment=_opt_str(config.get("experiment")),
         )
         model_path = handler.get("model_path")
         if not isinstance(model_path, str) or not model_path:
