@@ -675,26 +675,16 @@ def draw_message(message: StoredMessage, locked: bool, probabilities: bool) -> N
                 st.caption(note)
         with st.container(horizontal=True, vertical_alignment="center"):
             draw_branch_controls(message, locked)
-            if message.role == "user":
-                st.button(
-                    "Edit",
-                    icon=":material/edit:",
-                    key=f"w_edit_{message.id}",
-                    on_click=on_edit,
-                    args=(message,),
-                    disabled=locked,
-                    type="tertiary",
-                )
-            else:
-                st.button(
-                    "Regenerate",
-                    icon=":material/refresh:",
-                    key=f"w_regenerate_{message.id}",
-                    on_click=on_regenerate,
-                    args=(message,),
-                    disabled=locked,
-                    type="tertiary",
-                )
+            question = message.role == "user"
+            st.button(
+                "Edit" if question else "Regenerate",
+                icon=":material/edit:" if question else ":material/refresh:",
+                key=f"w_{'edit' if question else 'regenerate'}_{message.id}",
+                on_click=on_edit if question else on_regenerate,
+                args=(message,),
+                disabled=locked,
+                type="tertiary",
+            )
 
 
 def draw_editor(question: StoredMessage) -> None:
