@@ -1,8 +1,9 @@
 """Run an app with Streamlit on loopback and drive it in headless Chromium.
 
-The browser tests and the screenshot scripts share these: the same Streamlit command line as
-``make run`` (:func:`tschat.run.streamlit_argv`), the same health check, and Debian's
-``/usr/bin/chromium`` launched by Playwright (never a downloaded browser).
+The browser tests, the chat's load test and the screenshot scripts share these: the same
+Streamlit command line as ``make run`` (:func:`tschat.run.streamlit_argv`), the same health
+check, Debian's ``/usr/bin/chromium`` launched by Playwright (never a downloaded browser), and
+the steps a person takes in the chat page (move a slider, ask, wait for the answers).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from tschat.run import ROOT, streamlit_argv
 from tschat.settings import Settings
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser
+    from playwright.sync_api import Browser, Page
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -36,6 +37,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 APP_START_TIMEOUT_S = 60.0
+READY_TIMEOUT_MS = 60_000  # a page's first run, or a chat input to be enabled again
+ANSWER_TIMEOUT_S = 240.0  # a whole answer on a busy 2-core machine
 
 
 class AppDidNotStart(RuntimeError):
@@ -119,3 +122,58 @@ def private_server(run_dir: Path, model_store: Path) -> tuple[Settings, int]:
         grpc_management_port=ports[4],
     )
     return settings, ports[5]
+
+
+# ---------------------------------------------------------------------------- the chat page
+
+
+def open_chat(browser: Browser, url: str, ready_text: str = "Connected to") -> Page:
+    """A page in a browser context of its own (its own Streamlit session), once it shows
+    ``ready_text``."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.goto(url)
+    page.get_by_text(ready_text).first.wait_for(timeout=READY_TIMEOUT_MS)
+    return page
+
+
+def press_slider(page: Page, label: str, *keys: str) -> None:
+    """Move a slider with the keyboard, as a person without a mouse would."""
+    thumb = page.get_by_test_id("stSlider").filter(has_text=label).locator("input[type=range]")
+    thumb.first.focus()
+    for key in keys:
+        thumb.first.press(key)
+
+
+def slider_value(page: Page, label: str) -> str:
+    thumb = page.get_by_test_id("stSlider").filter(has_text=label).locator("input[type=range]")
+    return thumb.first.get_attribute("value") or ""
+
+
+def settle(page: Page) -> None:
+    """Wait until the script run caused by the last input has finished."""
+    page.wait_for_timeout(600)
+    page.get_by_test_id("stStatusWidget").wait_for(state="hidden", timeout=30_000)
+
+
+def ask(page: Page, question: str) -> None:
+    """Type a question into the chat input once it takes one, and send it."""
+    box = page.get_by_test_id("stChatInput").locator("textarea")
+    box.wait_for(state="visible")
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=stChatInput] textarea').disabled",
+        timeout=READY_TIMEOUT_MS,
+    )
+    box.fill(question)
+    box.press("Enter")
+
+
+def wait_answers(page: Page, count: int, timeout_s: float = ANSWER_TIMEOUT_S) -> None:
+    """Wait until ``count`` answers are complete (each shows its finish reason)."""
+    page.wait_for_function(
+        """count => [...document.querySelectorAll('[data-testid="stCaptionContainer"]')]
+            .filter(c => c.innerText.includes("finish:")).length >= count
+            && !document.querySelector(".st-key-w_stop")""",
+        arg=count,
+        timeout=timeout_s * 1000,
+    )

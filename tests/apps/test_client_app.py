@@ -1,8 +1,10 @@
 """The chat client (client_app.py) run by AppTest against the session's real TorchServe.
 
 Questions are typed into the chat input and buttons are clicked as a person would; the page,
-the stored conversation and (where it matters) the request that went out are checked.
-Answers are kept short (a few tokens, temperature 0 where the text is compared).
+the saved conversation and (where it matters) the request that went out are checked. An answer
+streams in a thread of its own while the page redraws it, so a test runs the page again until the
+answer has ended (``settle``). Answers are kept short (a few tokens, temperature 0 where the text
+is compared).
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ import json
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import jsonschema
 import pytest
 import streamlit.testing.v1.app_test as app_test_module
 from streamlit.runtime.memory_media_file_storage import MemoryFile, MemoryMediaFileStorage
@@ -22,18 +26,20 @@ from streamlit.testing.v1 import AppTest
 
 from tschat.api.inference import InferenceClient
 from tschat.api.keys import Keys
-from tschat.chat.conversation import Conversation
+from tschat.chat.request import SCHEMA_EXAMPLES
+from tschat.chat.store import ConversationStore, SavedConversation
 from tschat.ops import process
 from tschat.ops.serving import ServingRegistry
 from tschat.settings import REPO_ROOT, Settings
 
 if TYPE_CHECKING:
-    from conftest import Helpers, TorchServeServer
+    from conftest import Helpers, LocalServer, TorchServeServer
 
 pytestmark = pytest.mark.integration
 
 APP = str(REPO_ROOT / "client_app.py")
-RUN_TIMEOUT_S = 180  # one run streams a whole (short) answer on a busy 2-core machine
+RUN_TIMEOUT_S = 180  # one run of the page on a busy 2-core machine
+ANSWER_TIMEOUT_S = 300  # a whole (short) answer
 GREEDY = {"temperature": 0.0, "max_tokens": 12}
 LONG_STORY = "Write a long story about a dragon and a knight."
 
@@ -80,8 +86,11 @@ def downloads(monkeypatch: pytest.MonkeyPatch) -> dict[str, MemoryFile]:
     return files
 
 
-def open_app() -> AppTest:
+def open_app(conversation: int | None = None) -> AppTest:
+    """A new session of the app (as a new tab or a reload), at ``?c=conversation`` if given."""
     at = AppTest.from_file(APP, default_timeout=RUN_TIMEOUT_S)
+    if conversation is not None:
+        at.query_params["c"] = str(conversation)
     at.run()
     assert not at.exception, at.exception
     return at
@@ -94,33 +103,66 @@ def configure(at: AppTest, *, seed: int | None = None, stop: str = "", **knobs: 
     at.text_area(key="w_stop_sequences").set_value(stop)
 
 
+def streaming(at: AppTest) -> bool:
+    return any(button.key in ("w_stop", "w_stop_panes") for button in at.button)
+
+
+def settle(at: AppTest, timeout: float = ANSWER_TIMEOUT_S) -> list[str]:
+    """Run the page again until no answer streams (as its redraws do); the live lines seen."""
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while streaming(at):
+        lines += [c.value for c in at.caption if c.value.startswith(("reading", "generating"))]
+        assert time.monotonic() < deadline, f"the answer did not end; last lines {lines[-3:]}"
+        time.sleep(0.2)
+        at.run()
+        assert not at.exception, at.exception
+    return lines
+
+
 def ask(at: AppTest, question: str) -> None:
     at.chat_input(key="w_question").set_value(question).run()
     assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    settle(at)
     assert not at.error, [e.value for e in at.error]
 
 
 def click(at: AppTest, key: str) -> None:
     at.button(key=key).click().run()
     assert not at.exception, at.exception
+    settle(at)
 
 
-def conversation(at: AppTest) -> Conversation:
-    book = at.session_state["chat_book"]
-    current: Conversation = book.current
-    return current
+def store(settings: Settings) -> ConversationStore:
+    return ConversationStore.in_run_dir(settings.run_dir)
 
 
-def answers(at: AppTest) -> list[str]:
-    return [m.content for m in conversation(at).messages if m.role == "assistant"]
+def shown(at: AppTest, settings: Settings) -> SavedConversation:
+    """The conversation on the page, as saved."""
+    conversation = at.session_state["chat_shown"]
+    assert conversation is not None, "no conversation is shown"
+    return store(settings).load(conversation)
+
+
+def answers(at: AppTest, settings: Settings) -> list[str]:
+    return [m.content for m in shown(at, settings).messages if m.role == "assistant"]
 
 
 def captions(at: AppTest) -> list[str]:
     return [c.value for message in at.chat_message for c in message.caption]
 
 
+def errors(at: AppTest) -> str:
+    return " ".join(e.value for e in at.error)
+
+
 def status_text(at: AppTest) -> str:
     return " ".join(e.value for e in [*at.success, *at.warning, *at.error])
+
+
+def last_answer_id(at: AppTest, settings: Settings) -> int:
+    return [m.id for m in shown(at, settings).messages if m.role == "assistant"][-1]
 
 
 # ---------------------------------------------------------------- conversation
@@ -133,7 +175,7 @@ def test_second_answer_depends_on_the_first(chat_env: Settings, sent: list[dict[
     ask(at, "My name is Zork. Please remember it.")
     ask(at, "What is my name?")
 
-    history = conversation(at).messages
+    history = shown(at, chat_env).messages
     assert [m.role for m in history] == ["user", "assistant", "user", "assistant"]
     assert "Zork" in history[3].content
     # The second request carried the whole first exchange, and the server counted it.
@@ -148,11 +190,11 @@ def test_second_answer_depends_on_the_first(chat_env: Settings, sent: list[dict[
     assert len(figures) == 2
     assert all("first token" in c and "12 tokens" in c and "finish: length" in c for c in figures)
 
-    # The same question in a fresh conversation does not know the name.
+    # The same question in a new chat does not know the name.
     click(at, "w_new_conversation")
-    assert conversation(at).name == "Chat 2" and not conversation(at).messages
+    assert at.session_state["chat_shown"] is None and not at.chat_message
     ask(at, "What is my name?")
-    assert "Zork" not in answers(at)[0]
+    assert "Zork" not in answers(at, chat_env)[0]
     assert len(sent[2]["messages"]) == 1
 
 
@@ -179,15 +221,16 @@ def test_sampling_settings_reach_the_request(
     }.items():
         assert request[name] == pytest.approx(value), name
     # max_tokens=3 gives exactly three tokens.
-    stats = conversation(at).messages[-1].stats
+    stats = shown(at, chat_env).messages[-1].stats
     assert stats is not None
     assert (stats.completion_tokens, stats.finish_reason) == (3, "length")
 
-    # The same seed and history give the same answer again.
-    first = answers(at)[-1]
-    click(at, "w_regenerate")
-    assert len(conversation(at).messages) == 2, "regenerate replaces the answer"
-    assert answers(at)[-1] == first
+    # The same seed and history give the same answer again, as a second version beside it.
+    first = answers(at, chat_env)[-1]
+    click(at, f"w_regenerate_{last_answer_id(at, chat_env)}")
+    again = shown(at, chat_env).messages
+    assert len(again) == 2 and again[1].position == "2/2"
+    assert again[1].content == first
     assert sent[1]["seed"] == 4321 and sent[1]["messages"] == sent[0]["messages"]
 
 
@@ -197,39 +240,57 @@ def test_stop_sequence_ends_the_answer_early(
     at = open_app()
     configure(at, seed=1, **GREEDY)
     ask(at, "My name is Zork. What is my name?")
-    full = answers(at)[-1]
+    full = answers(at, chat_env)[-1]
     words = full.split()
     assert len(words) >= 3, full
     cut = words[2]  # a word from the middle of the greedy answer
     at.text_area(key="w_stop_sequences").set_value(f"{cut}\nNEVER-SEEN")
-    click(at, "w_regenerate")
+    click(at, f"w_regenerate_{last_answer_id(at, chat_env)}")
     assert sent[1]["stop"] == [cut, "NEVER-SEEN"]
-    shorter = answers(at)[-1]
+    shorter = answers(at, chat_env)[-1]
     assert cut not in shorter and full.startswith(shorter.rstrip())
-    stats = conversation(at).messages[-1].stats
+    stats = shown(at, chat_env).messages[-1].stats
     assert stats is not None and stats.finish_reason == "stop"
 
 
-def test_edit_regenerate_and_clear(chat_env: Settings, sent: list[dict[str, Any]]) -> None:
+def test_editing_and_regenerating_make_branches_that_can_be_read(
+    chat_env: Settings, sent: list[dict[str, Any]]
+) -> None:
     at = open_app()
     configure(at, seed=7, temperature=0.0, max_tokens=4)
     ask(at, "Name a colour.")
-    click(at, "w_edit_start")
+    ask(at, "And another one?")
+    colour = shown(at, chat_env)
+    first_question = colour.messages[0]
+
+    # Editing the first question: a second version, answered on its own branch.
+    click(at, f"w_edit_{first_question.id}")
     assert at.text_area(key="w_edit").value == "Name a colour."
     at.text_area(key="w_edit").set_value("Name a fruit.")
     click(at, "w_resend")
-    history = conversation(at).messages
-    assert [(m.role, m.content) for m in history[:1]] == [("user", "Name a fruit.")]
-    assert len(history) == 2 and history[1].content
+    fruit = shown(at, chat_env)
+    assert [m.content for m in fruit.messages][:1] == ["Name a fruit."]
+    assert len(fruit.messages) == 2 and fruit.messages[1].content
+    assert fruit.messages[0].position == "2/2"
     assert sent[-1]["messages"] == [{"role": "user", "content": "Name a fruit."}]
+    assert at.button(key=f"w_prev_{fruit.messages[0].id}").label == "◀"
+    assert "2/2" in [md.value for m in at.chat_message for md in m.markdown]
 
-    click(at, "w_regenerate")
-    assert len(sent) == 3 and len(conversation(at).messages) == 2
+    # ◀ shows the first version again, with everything that followed it.
+    click(at, f"w_prev_{fruit.messages[0].id}")
+    back = shown(at, chat_env)
+    assert [m.content for m in back.messages] == [m.content for m in colour.messages]
+    assert back.messages[0].position == "1/2"
+    rendered = [md.value for m in at.chat_message for md in m.markdown]
+    assert "Name a colour." in rendered and "1/2" in rendered and "Name a fruit." not in rendered
 
-    click(at, "w_clear")
-    assert conversation(at).messages == []
-    assert not at.chat_message
-    assert "w_regenerate" not in {button.key for button in at.button}
+    # Regenerating the first answer: a sibling; the request carried only the branch above it.
+    click(at, f"w_regenerate_{back.messages[1].id}")
+    assert sent[-1]["messages"] == [{"role": "user", "content": "Name a colour."}]
+    regenerated = shown(at, chat_env)
+    assert len(regenerated.messages) == 2 and regenerated.messages[1].position == "2/2"
+    click(at, f"w_prev_{regenerated.messages[1].id}")
+    assert [m.content for m in shown(at, chat_env).messages] == [m.content for m in colour.messages]
 
 
 def test_model_output_is_shown_with_html_disabled(chat_env: Settings) -> None:
@@ -242,7 +303,71 @@ def test_model_output_is_shown_with_html_disabled(chat_env: Settings) -> None:
     assert rendered and all(not md.proto.allow_html for md in rendered)
 
 
-# ---------------------------------------------------------------- export and import
+def test_live_speed_then_the_figures_stay(chat_env: Settings) -> None:
+    at = open_app()
+    configure(at, seed=3, temperature=0.0, max_tokens=60)
+    at.chat_input(key="w_question").set_value(LONG_STORY).run()
+    assert streaming(at)
+    lines = settle(at)
+    # First the prompt is read, then tokens/s updates as tokens arrive.
+    assert lines and lines[0].startswith("reading the prompt…"), lines[:3]
+    generating = [line for line in lines if line.startswith("generating")]
+    assert any("tokens/s" in line for line in generating), lines
+    counts = [int(line.split(" · ")[1].split()[0]) for line in generating]
+    assert counts == sorted(counts) and counts[-1] > counts[0], counts
+    # After the answer: its figures, kept under it (and saved with it).
+    stats = shown(at, chat_env).messages[-1].stats
+    assert stats is not None and stats.tokens_per_second and stats.ttft_ms
+    assert stats.summary() in captions(at)[-1]
+    reloaded = open_app(at.session_state["chat_shown"])
+    assert stats.summary() in captions(reloaded)[-1]
+
+
+# ---------------------------------------------------------------- saved conversations
+
+
+def test_conversations_are_saved_listed_searched_renamed_and_deleted(chat_env: Settings) -> None:
+    at = open_app()
+    configure(at, seed=5, **GREEDY)
+    ask(at, "Which planet is the reddest?")
+    conversation = at.session_state["chat_shown"]
+    assert at.query_params["c"] == str(conversation)
+    saved = shown(at, chat_env)
+    assert saved.title == "Which planet is the reddest?"  # named after its first question
+
+    # A reload (a new session at the same address) shows it again, answer and figures included.
+    again = open_app(conversation)
+    assert [md.value for m in again.chat_message for md in m.markdown][:2] == [
+        m.content for m in saved.messages
+    ]
+    assert again.button(key=f"w_open_{conversation}").label == saved.title
+
+    # Listed in the sidebar; the search looks at every message.
+    again.text_input(key="w_search").set_value("REDDEST").run()
+    assert f"w_open_{conversation}" in {b.key for b in again.sidebar.button}
+    again.text_input(key="w_search").set_value("no such words anywhere").run()
+    assert f"w_open_{conversation}" not in {b.key for b in again.sidebar.button}
+    assert "No conversation matches." in [c.value for c in again.sidebar.caption]
+    again.text_input(key="w_search").set_value("").run()
+
+    again.text_input(key="w_rename").set_value("  Mars   question ").run()
+    assert store(chat_env).load(conversation).title == "Mars question"
+    assert again.button(key=f"w_open_{conversation}").label == "Mars question"
+
+    # Another conversation, then back to the first from the list.
+    click(again, "w_new_conversation")
+    ask(again, "Hello")
+    other = again.session_state["chat_shown"]
+    assert other != conversation
+    click(again, f"w_open_{conversation}")
+    assert again.session_state["chat_shown"] == conversation
+    assert again.query_params["c"] == str(conversation)
+
+    click(again, "w_delete_conversation")
+    assert again.session_state["chat_shown"] is None and not again.chat_message
+    assert all(s.id != conversation for s in store(chat_env).conversations())
+    gone = open_app(conversation)  # an old link to it
+    assert "no longer exists" in errors(gone)
 
 
 def test_export_and_import_round_trip(chat_env: Settings, downloads: dict[str, MemoryFile]) -> None:
@@ -250,33 +375,202 @@ def test_export_and_import_round_trip(chat_env: Settings, downloads: dict[str, M
     configure(at, seed=3, temperature=0.0, max_tokens=5)
     at.text_area(key="w_system").set_value("Answer briefly.")
     ask(at, "What is 2 + 2?")
+    click(at, f"w_regenerate_{last_answer_id(at, chat_env)}")  # a branch, exported too
     at.text_input(key="w_rename").set_value("Maths").run()
-    original = conversation(at)
-    assert original.name == "Maths"
+    original = shown(at, chat_env)
+    assert original.title == "Maths"
 
     exported = downloads["Maths.json"].content
     markdown = downloads["Maths.md"].content.decode()
     assert markdown.startswith("# Maths\n") and "What is 2 + 2?" in markdown
     assert original.messages[1].content in markdown
     data = json.loads(exported)
-    assert data["name"] == "Maths" and data["model"] == "smollm2"
+    assert data["name"] == "Maths" and data["model"] == "smollm2" and data["version"] == 2
     assert data["settings"]["seed"] == 3
+    assert len(data["messages"]) == 3  # the question and both versions of the answer
 
     at.file_uploader(key="w_import_0").upload("Maths.json", exported, "application/json").run()
     assert not at.exception and not at.error
-    loaded = conversation(at)
-    assert loaded.name == "Maths (2)"
+    loaded = shown(at, chat_env)
+    assert loaded.id != original.id and loaded.title == "Maths"
     assert loaded.system_prompt == "Answer briefly."
-    assert loaded.messages == original.messages
+    assert [(m.content, m.position, m.stats) for m in loaded.messages] == [
+        (m.content, m.position, m.stats) for m in original.messages
+    ]
     assert at.text_area(key="w_system").value == "Answer briefly."
-    assert at.selectbox(key="w_conversation").value == "Maths (2)"
-    assert [m.markdown[0].value for m in at.chat_message] == [m.content for m in original.messages]
+    assert [md.value for m in at.chat_message for md in m.markdown][:2] == [
+        m.content for m in original.messages
+    ]
 
     # A file that is not a conversation is refused with a sentence, and nothing changes.
     at.file_uploader(key="w_import_1").upload("bad.json", b'{"messages": 3}', "application/json")
     at.run()
-    assert "cannot be loaded as a conversation" in " ".join(e.value for e in at.error)
-    assert len(at.session_state["chat_book"].conversations) == 2
+    assert "cannot be loaded as a conversation" in errors(at)
+    assert at.session_state["chat_shown"] == loaded.id
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (
+            '{"messages": [{"role": "user", "content": "bad \\udc80 text"}]}',
+            "messages[0].content contains a lone surrogate (U+DC80 at character 4)",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", '
+            '"content": "a", "stats": {"completion_tokens": 1e308}}]}',
+            "messages[1].stats.completion_tokens must be between 0 and 10,000,000; got 1e+308.",
+        ),
+        (
+            '{"name": "\\ud83d", "messages": []}',
+            "name contains a lone surrogate",
+        ),
+    ],
+)
+def test_an_import_with_text_that_cannot_be_shown_or_numbers_out_of_range_is_refused(
+    chat_env: Settings, content: str, reason: str
+) -> None:
+    before = len(store(chat_env).conversations(limit=10_000))
+    at = open_app()
+    at.file_uploader(key="w_import_0").upload("odd.json", content.encode(), "application/json")
+    at.run()
+    assert not at.exception, at.exception
+    assert reason in errors(at)
+    assert at.session_state["chat_shown"] is None
+    assert len(store(chat_env).conversations(limit=10_000)) == before
+
+
+# ---------------------------------------------------------------- context window
+
+
+def long_conversation(settings: Settings, turns: int = 12) -> int:
+    """A saved conversation of about 300 tokens a turn: longer than the 2,048-token window."""
+    saved = store(settings)
+    conversation = saved.create("Long one")
+    for turn in range(turns):
+        question = saved.append_question(conversation, f"Tell me fact number {turn}.")
+        answer = saved.start_answer(question)
+        saved.finish_answer(answer, f"Fact {turn}: " + "the quick brown fox jumps. " * 50)
+    return conversation
+
+
+def test_a_long_conversation_is_trimmed_with_a_note_and_still_answered(
+    chat_env: Settings, sent: list[dict[str, Any]]
+) -> None:
+    conversation = long_conversation(chat_env)
+    at = open_app(conversation)
+    meter = [c.value for c in at.caption if c.value.startswith("Context:")]
+    assert len(meter) == 1 and "of 2,048 tokens" in meter[0], meter
+    used = int(meter[0].split()[1].replace(",", ""))
+    assert used > 2048 and "the next request leaves out the" in meter[0]
+    configure(at, seed=1, temperature=0.0, max_tokens=16)
+    ask(at, "What was fact number 11 about?")
+
+    request = sent[0]["messages"]
+    assert request[-1]["content"] == "What was fact number 11 about?"
+    assert 2 < len(request) < 2 * 12 + 1
+    left_out = (2 * 12 + 1 - len(request)) // 2
+    note = f"{left_out} earlier turns left out to fit the 2,048-token window."
+    assert any(note in c for c in captions(at)), captions(at)
+    answer = shown(at, chat_env).messages[-1]
+    assert answer.state == "complete" and answer.content
+    assert answer.stats is not None and answer.stats.prompt_tokens is not None
+    assert answer.stats.prompt_tokens + 16 <= 2048
+
+
+def test_without_trimming_a_long_conversation_gets_a_clear_message(
+    chat_env: Settings, sent: list[dict[str, Any]]
+) -> None:
+    conversation = long_conversation(chat_env)
+    at = open_app(conversation)
+    at.toggle(key="w_trim").set_value(False).run()
+    at.chat_input(key="w_question").set_value("And then?").run()
+    assert not at.exception, at.exception
+    assert "This conversation takes" in errors(at) and "Start a new conversation" in errors(at)
+    assert sent == []  # no request the server would refuse
+    assert shown(at, chat_env).awaiting_answer and at.button(key="w_retry")
+
+
+# ---------------------------------------------------------------- structured answers
+
+
+def test_json_schema_mode_answers_json_valid_against_the_schema(
+    chat_env: Settings, sent: list[dict[str, Any]]
+) -> None:
+    at = open_app()
+    configure(at, seed=2, temperature=0.0, max_tokens=120)
+    at.radio(key="w_mode").set_value("json_schema").run()
+    at.selectbox(key="w_schema_example").set_value("A person").run()
+    schema = json.loads(at.text_area(key="w_schema").value)
+    assert schema == SCHEMA_EXAMPLES["A person"]
+    ask(at, "Describe a person who lives in Paris.")
+    assert sent[0]["response_format"]["json_schema"]["schema"] == schema
+    shown_json = [element.value for message in at.chat_message for element in message.json]
+    assert len(shown_json) == 1, "the answer is shown as JSON"
+    jsonschema.validate(json.loads(shown_json[0]), schema)
+    saved = shown(at, chat_env).messages[-1]
+    assert saved.details.format == "json"
+    jsonschema.validate(json.loads(saved.content), schema)
+
+    # A schema that is not one is refused with a sentence, and plain text is asked for.
+    at.text_area(key="w_schema").set_value('{"type": 12}').run()
+    assert "The JSON schema is not a valid schema" in errors(at)
+
+
+def test_tool_definitions_can_be_tried(chat_env: Settings, sent: list[dict[str, Any]]) -> None:
+    at = open_app()
+    configure(at, seed=2, temperature=0.0, max_tokens=80)
+    at.radio(key="w_mode").set_value("tools").run()
+    at.selectbox(key="w_tool_choice").set_value("required").run()
+    ask(at, "What is the weather in Oslo?")
+    assert sent[0]["tool_choice"] == "required" and len(sent[0]["tools"]) == 2
+    shown_json = [element.value for message in at.chat_message for element in message.json]
+    calls = json.loads(shown_json[0])["tool_calls"]
+    assert calls and calls[0]["name"] in ("get_weather", "get_time")
+    assert isinstance(calls[0]["arguments"], dict) and "city" in calls[0]["arguments"]
+    assert any("tool calls" in c for c in captions(at))
+
+
+def test_token_probabilities_are_shown_with_their_alternatives(
+    chat_env: Settings, sent: list[dict[str, Any]]
+) -> None:
+    at = open_app()
+    configure(at, seed=2, temperature=0.0, max_tokens=8)
+    at.toggle(key="w_probabilities").set_value(True).run()
+    at.slider(key="w_top_logprobs").set_value(3).run()
+    ask(at, "Name a colour.")
+    assert sent[0]["logprobs"] is True and sent[0]["top_logprobs"] == 3
+    strips = [h.proto.body for h in at.get("html")]
+    assert len(strips) == 1 and strips[0].count('class="tschat-token"') == 8
+    assert strips[0].count("alternatives: ") == 8
+    saved = shown(at, chat_env).messages[-1]
+    assert len(saved.details.tokens) == 8
+    assert all(len(token["top_logprobs"]) == 3 for token in saved.details.tokens)
+    # Turned off, the view goes away; the probabilities stay saved with the answer.
+    at.toggle(key="w_probabilities").set_value(False).run()
+    assert not at.get("html")
+
+
+# ---------------------------------------------------------------- side by side
+
+
+def test_side_by_side_sends_one_question_to_each_pane_with_its_settings(
+    chat_env: Settings, sent: list[dict[str, Any]]
+) -> None:
+    at = open_app()
+    at.segmented_control(key="w_view").set_value("Side by side").run()
+    at.selectbox(key="w_pane_count").set_value(3).run()
+    for pane, temperature in enumerate((0.0, 0.5, 1.0)):
+        at.slider(key=f"w_pane{pane}_temperature").set_value(temperature)
+        at.slider(key=f"w_pane{pane}_max_tokens").set_value(6)
+    at.chat_input(key="w_pane_question").set_value("Name an animal.").run()
+    assert not at.exception, at.exception
+    settle(at)
+    assert sorted(request["temperature"] for request in sent) == [0.0, 0.5, 1.0]
+    assert all(r["messages"] == [{"role": "user", "content": "Name an animal."}] for r in sent)
+    figures = [c.value for c in at.caption if "first token" in c.value]
+    assert len(figures) == 3 and all("tokens/s" in f for f in figures), figures
+    assert at.session_state["chat_shown"] is None  # side by side saves nothing
 
 
 # ---------------------------------------------------------------- status
@@ -350,7 +644,7 @@ def test_expired_key_is_refreshed_without_the_user(
     assert refreshed.inference_expires and refreshed.inference_expires.year > 2000
     configure(at, max_tokens=2)
     ask(at, "Hello")
-    assert answers(at) and answers(at)[0]
+    assert answers(at, chat_env) and answers(at, chat_env)[0]
 
 
 def test_remote_server_with_typed_keys(
@@ -377,7 +671,61 @@ def test_remote_server_with_typed_keys(
     assert "refused the API key" in status_text(at)
 
     at.text_input(key="w_remote_url").set_value("ftp://nowhere").run()
-    assert "is not an address like http://host:8080" in " ".join(e.value for e in at.error)
+    assert "is not an address like http://host:8080" in errors(at)
+
+
+def test_a_remote_address_with_a_path_is_refused_and_the_sidebar_stays(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("TSCHAT_RUN_DIR", str(tmp_path))
+    at = open_app()
+    at.text_input(key="w_remote_url").set_value("http://127.0.0.1:8080/predictions/x").run()
+    assert not at.exception, at.exception
+    assert "has a path: give only the scheme, host and port" in errors(at)
+    assert "Fix the remote server address in the sidebar" in errors(at)
+    assert at.text_input(key="w_remote_url").value  # still there to be fixed
+    assert at.chat_input(key="w_question").disabled
+
+
+class HtmlEverywhere(BaseHTTPRequestHandler):
+    """A web server where TorchServe was expected: 200 and a page, whatever is asked."""
+
+    PAGE = b"<html><body><h1>Welcome</h1><img src='http://127.0.0.1:1/leak'></body></html>"
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _page(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(self.PAGE)))
+        self.end_headers()
+        self.wfile.write(self.PAGE)
+
+    do_GET = do_POST = _page  # noqa: N815 - http.server's names
+
+
+def test_a_server_answering_html_gets_a_sentence_and_the_sidebar_is_drawn(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    http_server: Callable[[type[BaseHTTPRequestHandler]], LocalServer],
+) -> None:
+    monkeypatch.setenv("TSCHAT_RUN_DIR", str(tmp_path))
+    page = http_server(HtmlEverywhere)
+    at = open_app()
+    at.text_input(key="w_remote_url").set_value(page.url).run()
+    assert not at.exception, at.exception
+    text = status_text(at)
+    assert f"The server at {page.url}/ping answered with something that is not JSON" in text
+    assert "points at another server" in text
+    assert "Welcome" not in text and "<" not in text and "leak" not in text
+    assert at.sidebar.text_input(key="w_remote_url").value == page.url
+    assert at.sidebar.slider(key="w_temperature")
+    assert at.chat_input(key="w_question").disabled
+    # Management answers HTML too: still a sentence.
+    at.text_input(key="w_remote_url").set_value("").run()
+    at.text_input(key="w_remote_management_url").set_value(page.url).run()
+    assert not at.exception, at.exception
 
 
 # ---------------------------------------------------------------- faults
@@ -414,7 +762,7 @@ def test_chat_survives_torchserve_stopping_mid_answer(
     at = open_app()
     configure(at, seed=1, **GREEDY)
     ask(at, "My name is Zork. Please remember it.")
-    first_exchange = [(m.role, m.content) for m in conversation(at).messages]
+    first_exchange = [(m.role, m.content) for m in shown(at, own_server).messages]
     assert len(first_exchange) == 2 and first_exchange[1][1]
 
     # TorchServe goes away while the next answer streams: stopped a second after it is asked.
@@ -431,29 +779,37 @@ def test_chat_survives_torchserve_stopping_mid_answer(
     stopper.start()
     try:
         at.chat_input(key="w_question").set_value(LONG_STORY).run()
+        settle(at)
     finally:
         stopper.join()
     assert not at.exception, at.exception
     assert not process.status(own_server).running
-    # The run that streamed ended by drawing the page again: the notice and the status line.
-    shown = " ".join(e.value for e in at.error)
-    assert "broke off" in shown or "No answer" in shown, shown
+    said = errors(at)  # the page drawn once the answer ended: the notice and the status line
+    assert "broke off" in said or "No answer" in said, said
     assert "not reachable" in status_text(at) or "does not seem to run" in status_text(at)
     assert at.chat_input(key="w_question").disabled
-    history = conversation(at).messages
+    history = shown(at, own_server).messages
     assert [(m.role, m.content) for m in history[:2]] == first_exchange  # nothing lost
     assert history[2].content == LONG_STORY
     if len(history) > 3:  # the part that arrived before the stop is kept, marked as broken off
         assert history[3].role == "assistant" and history[3].content
+        assert history[3].state == "broken"
 
-    # TorchServe is back (new keys): the chat notices on the next run and goes on.
+    # TorchServe is back (new keys): a new page (the app restarted, say) finds it all saved,
+    # and the chat goes on.
     _serve(own_server)
-    at.button(key="w_check").click().run()
+    at = open_app(at.session_state["chat_shown"])
     assert "Connected to TorchServe" in status_text(at)
     assert not at.chat_input(key="w_question").disabled
+    reopened = shown(at, own_server).messages
+    assert [(m.role, m.content, m.state) for m in reopened] == [
+        (m.role, m.content, m.state) for m in history
+    ]
     configure(at, seed=1, **GREEDY)
+    if reopened[-1].role == "user":  # nothing arrived before the stop: answer it now
+        click(at, "w_retry")
     ask(at, "What is my name?")
-    history = conversation(at).messages
+    history = shown(at, own_server).messages
     assert [(m.role, m.content) for m in history[:2]] == first_exchange
     assert history[-1].role == "assistant" and history[-1].content
     # The new question went out with the whole conversation before it.

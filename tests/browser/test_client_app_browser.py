@@ -1,8 +1,10 @@
-"""The chat client in headless chromium: streaming, Stop, two people at once, HTML as text.
+"""The chat client in headless chromium: streaming, Stop, two people at once, saved conversations
+across a reload and a restart, branches, side by side, token probabilities, and answers that can
+neither inject markup nor make the browser fetch anything.
 
-The app runs with ``streamlit run`` against the session's real TorchServe (the HTML test uses a
-small fake inference server instead, because the model cannot be made to print markup on cue).
-The page is read straight from the DOM, several times a second, while answers stream.
+The app runs with ``streamlit run`` against the session's real TorchServe (the markup and image
+tests use a small fake inference server instead, because the model cannot be made to print them
+on cue). The page is read straight from the DOM, several times a second, while answers stream.
 """
 
 from __future__ import annotations
@@ -19,6 +21,18 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import requests
 
+from apps.browser import (
+    ANSWER_TIMEOUT_S,
+    READY_TIMEOUT_MS,
+    ask,
+    open_chat,
+    press_slider,
+    settle,
+    slider_value,
+    stop_app,
+    wait_answers,
+)
+
 if TYPE_CHECKING:
     from conftest import Helpers, LocalServer, TorchServeServer
     from playwright.sync_api import Browser, Page
@@ -28,8 +42,6 @@ if TYPE_CHECKING:
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
 APP = "client_app.py"
-READY_TIMEOUT_MS = 60_000
-ANSWER_TIMEOUT_S = 240.0  # a whole answer on a busy 2-core machine
 LONG_STORY = "Write a very long story about a dragon who learns to bake bread, with many chapters."
 
 StartApp = Callable[[str, int, Mapping[str, str]], "RunningApp"]
@@ -46,65 +58,31 @@ def chat_app(
 # ---------------------------------------------------------------- page helpers
 
 
-def open_chat(browser: Browser, url: str, ready_text: str = "Connected to") -> Page:
-    """A page in a browser context of its own (its own Streamlit session)."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.goto(url)
-    page.get_by_text(ready_text).first.wait_for(timeout=READY_TIMEOUT_MS)
-    return page
+ASSISTANT = '[data-testid="stChatMessage"]:has([aria-label="Chat message from assistant"])'
+USER = '[data-testid="stChatMessage"]:has([aria-label="Chat message from user"])'
 
 
-def press_slider(page: Page, label: str, *keys: str) -> None:
-    """Move a sidebar slider with the keyboard, as a person without a mouse would."""
-    thumb = page.get_by_test_id("stSlider").filter(has_text=label).locator("input[type=range]")
-    thumb.focus()
-    for key in keys:
-        thumb.press(key)
-
-
-def slider_value(page: Page, label: str) -> str:
-    thumb = page.get_by_test_id("stSlider").filter(has_text=label).locator("input[type=range]")
-    return thumb.get_attribute("value") or ""
-
-
-def settle(page: Page) -> None:
-    """Wait until the script run caused by the last input has finished."""
-    page.wait_for_timeout(600)
-    page.get_by_test_id("stStatusWidget").wait_for(state="hidden", timeout=30_000)
-
-
-def ask(page: Page, question: str) -> None:
-    box = page.get_by_test_id("stChatInput").locator("textarea")
-    box.wait_for(state="visible")
-    page.wait_for_function(
-        "() => !document.querySelector('[data-testid=stChatInput] textarea').disabled",
-        timeout=READY_TIMEOUT_MS,
-    )
-    box.fill(question)
-    box.press("Enter")
+def message_texts(page: Page, selector: str) -> list[str]:
+    """The text of each message matching ``selector`` (questions or answers), in order: its
+    Markdown, without the captions, the buttons and the ◀ n/m ▶ position under it."""
+    texts = []
+    for message in page.locator(selector).all():
+        parts = message.locator(
+            '[data-testid="stMarkdown"] [data-testid="stMarkdownContainer"]'
+        ).all_inner_texts()
+        parts = [part for part in parts if not re.fullmatch(r"\d+/\d+", part.strip())]
+        texts.append("\n".join(parts).replace("▌", "").strip())
+    return texts
 
 
 def answer_text(page: Page, index: int = -1) -> str:
-    """The text of an assistant message (``index`` among them), without its captions."""
-    messages = page.locator(
-        '[data-testid="stChatMessage"]:has([aria-label="Chat message from assistant"])'
-    )
-    count = messages.count()
-    if count == 0:
-        return ""
-    message = messages.nth(index if index >= 0 else count + index)
-    # The answer's Markdown, not the captions under it nor the Stop button's label.
-    texts = message.locator(
-        '[data-testid="stMarkdown"] [data-testid="stMarkdownContainer"]'
-    ).all_inner_texts()
-    return "\n".join(texts).replace("▌", "").strip()
+    """The text of an assistant message (``index`` among them); empty when there is none."""
+    answers = message_texts(page, ASSISTANT)
+    return answers[index] if answers else ""
 
 
 def answer_caption(page: Page, index: int = -1) -> str:
-    messages = page.locator(
-        '[data-testid="stChatMessage"]:has([aria-label="Chat message from assistant"])'
-    )
+    messages = page.locator(ASSISTANT)
     message = messages.nth(index if index >= 0 else messages.count() + index)
     return " ".join(message.locator('[data-testid="stCaptionContainer"]').all_inner_texts())
 
@@ -129,17 +107,6 @@ def follow(page: Page, until: Callable[[str], bool], timeout_s: float) -> list[s
             return reads
         page.wait_for_timeout(100)
     raise AssertionError(f"timed out; read so far: {reads[-3:]}")
-
-
-def wait_answers(page: Page, count: int, timeout_s: float = ANSWER_TIMEOUT_S) -> None:
-    """Wait until ``count`` answers are complete (each shows its finish reason)."""
-    page.wait_for_function(
-        """count => [...document.querySelectorAll('[data-testid="stCaptionContainer"]')]
-            .filter(c => c.innerText.includes("finish:")).length >= count
-            && !document.querySelector(".st-key-w_stop")""",
-        arg=count,
-        timeout=timeout_s * 1000,
-    )
 
 
 # ---------------------------------------------------------------- tests
@@ -239,9 +206,7 @@ def test_two_browser_sessions_chat_at_the_same_time(browser: Browser, chat_app: 
         other = names[1 - names.index(name)]
         text = answer_text(page)
         assert name in text and other not in text, (name, text)
-        questions = page.locator(
-            '[data-testid="stChatMessage"]:has([aria-label="Chat message from user"])'
-        ).all_inner_texts()
+        questions = message_texts(page, USER)
         assert len(questions) == 1 and name in questions[0] and other not in questions[0]
 
 
@@ -249,7 +214,8 @@ def test_two_browser_sessions_chat_at_the_same_time(browser: Browser, chat_app: 
 
 
 class FakeInference(BaseHTTPRequestHandler):
-    """Plays the inference API: /ping, v1/models and a streamed answer full of markup."""
+    """Plays the inference API: /ping, v1/models, v1/tokenize (a token per character) and a
+    streamed answer made of PIECES (here: full of markup)."""
 
     protocol_version = "HTTP/1.1"
 
@@ -279,7 +245,11 @@ class FakeInference(BaseHTTPRequestHandler):
             self._json({"object": "list", "data": [{"id": "fake"}]})
 
     def do_POST(self) -> None:  # noqa: N802
-        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+        if self.path.endswith("/v1/tokenize"):
+            count = len(json.dumps(body))
+            self._json({"tokens": list(range(count)), "count": count, "n_ctx": 100_000})
+            return
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         # Chunked, as TorchServe sends it: each piece reaches the client on its own.
@@ -334,6 +304,241 @@ def test_markup_in_answers_is_shown_as_text(
     assert message.locator("img").count() == 0 and message.locator("script").count() == 0
     assert message.locator("strong").inner_text() == "bold"  # Markdown still applies
     assert page.evaluate("() => window.__injected") is None
-    assert page.locator('[data-testid="stChatMessageContent"]').first.inner_text() == (
-        "Show me <b>markup</b>"
+    assert message_texts(page, USER) == ["Show me <b>markup</b>"]
+
+
+def connect_to(page: Page, fake: LocalServer) -> None:
+    """Point the chat at a fake inference server through the sidebar."""
+    page.get_by_text("Remote server").click()
+    url = page.get_by_label("Inference URL")
+    url.fill(fake.url)
+    url.press("Enter")
+    page.get_by_text(f"Connected to {fake.url}: model fake answers.").wait_for(timeout=30_000)
+
+
+# ---------------------------------------------------------------- nothing loads by itself
+
+
+class Listener(BaseHTTPRequestHandler):
+    """A local server a reply names: it records every request that reaches it."""
+
+    requests: list[str] = []
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802
+        type(self).requests.append(self.path)
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+def test_a_markdown_image_in_a_reply_makes_no_request(
+    browser: Browser,
+    streamlit_app: StartApp,
+    http_server: Callable[[type[BaseHTTPRequestHandler]], LocalServer],
+    helpers: Helpers,
+    tmp_path: Path,
+) -> None:
+    Listener.requests = []
+    listener = http_server(Listener)
+    leak = f"{listener.url}/leak.png?chat=secret"
+
+    class ImageReply(FakeInference):
+        PIECES = (
+            "Here is the chart: ",
+            f"![the chart]({leak})",
+            " and a reference ![logo][l]\n\n",
+            f"[l]: {listener.url}/logo.png\n\n",
+            "Area: \\(\\pi r^2\\)",
+        )
+
+    fake = http_server(ImageReply)
+    env = {"TSCHAT_RUN_DIR": str(tmp_path), "TSCHAT_MODEL_NAME": "fake"}
+    app = streamlit_app(APP, helpers.free_port(), env)
+    page = open_chat(browser, app.url, ready_text="No key file")
+    connect_to(page, fake)
+    ask(page, "Show me the chart.")
+    wait_answers(page, 1, 60)
+    page.wait_for_timeout(1500)  # time enough for any image to be fetched
+
+    message = page.locator('[data-testid="stChatMessageContent"]').last
+    assert message.locator("img").count() == 0
+    link = message.get_by_role("link", name="image: the chart")
+    assert link.get_attribute("href") == leak  # a link the user may follow, never loaded
+    assert message.locator(".katex").count() >= 1  # \\( \\) is drawn as math
+    assert Listener.requests == [], "the reply made the browser fetch a URL it named"
+
+
+# ---------------------------------------------------------------- saved conversations
+
+
+def test_a_conversation_survives_a_reload_and_a_restart_of_the_app(
+    browser: Browser,
+    torchserve_server: TorchServeServer,
+    streamlit_app: StartApp,
+    helpers: Helpers,
+) -> None:
+    port = helpers.free_port()
+    env = torchserve_server.settings.as_env()
+    app = streamlit_app(APP, port, env)
+    page = open_chat(browser, app.url)
+    press_slider(page, "Max tokens", "Home", *["ArrowRight"] * 7)
+    settle(page)
+    question = "Please remember the word 'marmalade'."
+    ask(page, question)
+    wait_answers(page, 1)
+    answer = answer_text(page)
+    assert answer
+    page.wait_for_url(re.compile(r"[?&]c=\d+"))
+    address = page.url
+
+    page.reload()
+    page.get_by_text("Connected to").first.wait_for(timeout=READY_TIMEOUT_MS)
+    wait_answers(page, 1, 30)
+    assert message_texts(page, USER) == [question]
+    assert answer_text(page) == answer
+    title = page.get_by_test_id("stSidebar").get_by_role("button", name=question)
+    assert title.count() == 1
+
+    # The app stops and starts again: the same address shows the same conversation.
+    stop_app(app.process)
+    streamlit_app(APP, port, env)
+    page.goto(address)
+    page.get_by_text("Connected to").first.wait_for(timeout=READY_TIMEOUT_MS)
+    wait_answers(page, 1, 30)
+    assert message_texts(page, USER) == [question]
+    assert answer_text(page) == answer
+    assert "finish:" in answer_caption(page)
+
+
+def branch_label(page: Page, message: Any) -> str:
+    """What the ◀ n/m ▶ controls of a message read, spaces collapsed."""
+    controls = message.locator('[class*="st-key-branch_"]')
+    return " ".join(controls.inner_text().split()) if controls.count() else ""
+
+
+def wait_branch(page: Page, position: str) -> None:
+    """Wait until a message's ◀ ▶ controls show ``position`` (e.g. "2/2")."""
+    page.wait_for_function(
+        "position => [...document.querySelectorAll('[class*=st-key-branch_]')]"
+        ".some(e => e.innerText.includes(position))",
+        arg=position,
+        timeout=READY_TIMEOUT_MS,
     )
+
+
+def test_editing_a_question_makes_a_branch_and_both_can_be_read(
+    browser: Browser, chat_app: RunningApp
+) -> None:
+    page = open_chat(browser, chat_app.url)
+    press_slider(page, "Temperature", "Home")
+    press_slider(page, "Max tokens", "Home", *["ArrowRight"] * 9)
+    settle(page)
+    ask(page, "Name a colour.")
+    wait_answers(page, 1)
+    first_answer = answer_text(page)
+
+    question = page.locator(USER).first
+    question.get_by_role("button", name="Edit").click()
+    editor = page.get_by_label("Edit the question")
+    editor.wait_for()
+    editor.fill("Name a fruit.")
+    page.locator(".st-key-w_resend button").click()
+    page.locator(USER).get_by_text("Name a fruit.").wait_for()
+    wait_branch(page, "2/2")
+    wait_answers(page, 1)
+    settle(page)
+    question = page.locator(USER).first
+    assert branch_label(page, question) == "◀ 2/2 ▶"
+    assert message_texts(page, USER) == ["Name a fruit."]
+    second_answer = answer_text(page)
+
+    # ◀: the first version, with its own answer; ▶: back to the edited one.
+    question.get_by_role("button", name="◀").click()
+    page.locator(USER).get_by_text("Name a colour.").wait_for()
+    wait_branch(page, "1/2")
+    settle(page)
+    question = page.locator(USER).first
+    assert branch_label(page, question) == "◀ 1/2 ▶"
+    assert message_texts(page, USER) == ["Name a colour."]
+    assert answer_text(page) == first_answer
+    question.get_by_role("button", name="▶").click()
+    page.locator(USER).get_by_text("Name a fruit.").wait_for()
+    wait_branch(page, "2/2")
+    settle(page)
+    assert answer_text(page) == second_answer
+    assert branch_label(page, page.locator(USER).first) == "◀ 2/2 ▶"
+
+
+# ---------------------------------------------------------------- side by side
+
+
+def pane_text(page: Page, pane: int) -> str:
+    box = page.locator(f".st-key-pane_answer_{pane}")
+    if not box.count():
+        return ""
+    texts = box.locator('[data-testid="stMarkdownContainer"]').all_inner_texts()
+    return "".join(texts).replace("▌", "").strip()
+
+
+def test_side_by_side_panes_stream_at_the_same_time(browser: Browser, chat_app: RunningApp) -> None:
+    page = open_chat(browser, chat_app.url)
+    page.get_by_test_id("stButtonGroup").get_by_text("Side by side").click()
+    page.get_by_text("Pane 2").wait_for()
+    box = page.get_by_test_id("stChatInput").locator("textarea")
+    box.fill(LONG_STORY)
+    box.press("Enter")
+    page.locator(".st-key-w_stop_panes").wait_for(timeout=READY_TIMEOUT_MS)
+
+    # Read both panes every 0.1 s: in some reads, both have grown since the read before.
+    reads: list[tuple[int, int]] = []
+    both_grew = 0
+    deadline = time.monotonic() + ANSWER_TIMEOUT_S
+    while both_grew < 3:
+        assert time.monotonic() < deadline, f"the panes did not grow together: {reads[-10:]}"
+        current = (len(pane_text(page, 0)), len(pane_text(page, 1)))
+        if reads and current[0] > reads[-1][0] and current[1] > reads[-1][1]:
+            both_grew += 1
+        if not reads or current != reads[-1]:
+            reads.append(current)
+        page.wait_for_timeout(100)
+    page.locator(".st-key-w_stop_panes button").click()
+    page.locator(".st-key-w_stop_panes").wait_for(state="detached", timeout=60_000)
+    for pane in (0, 1):
+        caption = " ".join(
+            page.locator(f".st-key-pane_answer_{pane}")
+            .locator('[data-testid="stCaptionContainer"]')
+            .all_inner_texts()
+        )
+        assert "first token" in caption and "tokens/s" in caption, caption
+
+
+# ---------------------------------------------------------------- token probabilities
+
+
+def test_the_token_probability_view_shows_the_alternatives_of_a_token(
+    browser: Browser, chat_app: RunningApp
+) -> None:
+    page = open_chat(browser, chat_app.url)
+    page.get_by_text("Token probabilities").first.click()
+    page.get_by_text("Alternatives per token").wait_for()
+    press_slider(page, "Max tokens", "Home", *["ArrowRight"] * 5)
+    settle(page)
+    ask(page, "Name a colour.")
+    wait_answers(page, 1)
+    tokens = page.locator(".tschat-token")
+    tokens.first.wait_for()
+    assert tokens.count() == 6
+    first = tokens.first
+    assert "alternatives: " in (first.get_attribute("data-alternatives") or "")
+    hidden = first.evaluate("e => getComputedStyle(e, '::after').content")
+    first.hover()
+    shown = first.evaluate("e => getComputedStyle(e, '::after').content")
+    assert hidden in ("none", "normal") and "alternatives: " in shown, (hidden, shown)
+    # A click (focus) shows them too, for a screen without hover.
+    page.mouse.move(0, 0)
+    tokens.nth(1).click()
+    assert "alternatives: " in tokens.nth(1).evaluate("e => getComputedStyle(e, '::after').content")

@@ -1,37 +1,30 @@
-"""The chat app's conversation logic: settings, history, answers in flight, export and import."""
+"""The chat's logic: sampling settings, answers in flight (saved as they stream, stopped, broken
+off), and the server status; the store has its own tests (test_conversation_store.py)."""
 
 from __future__ import annotations
 
 import doctest
-import json
 import threading
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
+import apps.chat_view
 import tschat.chat.answer
 import tschat.chat.conversation
 import tschat.chat.export
 import tschat.chat.sampling
 import tschat.chat.status
 from apps.chat_status import status_message
-from tschat.api.inference import Timings, Usage
+from tschat.api.inference import StreamDelta, Timings, Usage
 from tschat.api.management import ModelEntry, ModelStatus, WorkerStatus
-from tschat.chat.answer import PendingAnswer
-from tschat.chat.conversation import AnswerStats, Conversation, ConversationBook, Message
-from tschat.chat.export import (
-    MAX_IMPORT_BYTES,
-    ConversationFileError,
-    from_json,
-    to_json,
-    to_markdown,
-)
+from tschat.chat.answer import LiveAnswers, PendingAnswer
+from tschat.chat.conversation import AnswerDetails, AnswerStats
 from tschat.chat.sampling import KNOBS, SamplingSettings, parse_stop_sequences
-from tschat.chat.status import check_server
+from tschat.chat.status import NOT_TORCHSERVE, check_server, server_address
+from tschat.chat.store import ConversationStore
 from tschat.errors import (
     AuthError,
     KeyFileMissing,
@@ -46,6 +39,7 @@ def test_doctests() -> None:
     chat = tschat.chat
     for module in (chat.sampling, chat.conversation, chat.answer, chat.export, chat.status):
         assert doctest.testmod(module).failed == 0
+    assert doctest.testmod(apps.chat_view).failed == 0
 
 
 # ---------------------------------------------------------------- sampling settings
@@ -100,217 +94,21 @@ def test_stop_sequences_one_per_line_with_escapes() -> None:
         parse_stop_sequences("1\n2\n3\n4\n5")
 
 
-# ---------------------------------------------------------------- conversations
-
-
-def sample_conversation() -> Conversation:
-    conversation = Conversation("Trip", "You are terse.")
-    conversation.add_question("Where is Paris?")
-    conversation.add_answer(
-        Message("assistant", "In **France**.", AnswerStats(120.5, 3, 20, 15.25, "stop", "smollm2"))
-    )
-    conversation.add_question("And <script>alert(1)</script>?")
-    conversation.add_answer(
-        Message(
-            "assistant",
-            "Partial",
-            AnswerStats(None, 1, None, None, "stopped", "smollm2", True),
-            stopped=True,
-        )
-    )
-    return conversation
-
-
-def test_every_turn_sends_the_system_prompt_and_the_whole_history() -> None:
-    messages = sample_conversation().api_messages()
-    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant"]
-    assert messages[0]["content"] == "You are terse."
-    assert messages[2]["content"] == "In **France**."
-    blank = Conversation("x", "  ")
-    blank.add_question("hi")
-    assert blank.api_messages() == [{"role": "user", "content": "hi"}]
-
-
-def test_regenerate_drops_the_last_answer_only() -> None:
-    conversation = sample_conversation()
-    conversation.drop_last_answer()
-    assert conversation.awaiting_answer
-    assert conversation.messages[-1].content.startswith("And ")
-    assert len(conversation.messages) == 3
-    conversation.drop_last_answer()  # nothing more to drop: still awaiting the same question
-    assert len(conversation.messages) == 3
-
-
-def test_edit_replaces_the_last_question_and_its_answer() -> None:
-    conversation = sample_conversation()
-    conversation.replace_last_question("And Rome?")
-    assert [m.content for m in conversation.messages] == [
-        "Where is Paris?",
-        "In **France**.",
-        "And Rome?",
-    ]
-    assert conversation.awaiting_answer
-
-
-def test_clear_keeps_name_and_system_prompt() -> None:
-    conversation = sample_conversation()
-    conversation.clear()
-    assert conversation.messages == []
-    assert (conversation.name, conversation.system_prompt) == ("Trip", "You are terse.")
-    assert not conversation.can_regenerate()
-    with pytest.raises(ValueError):
-        conversation.drop_last_answer()
-    with pytest.raises(ValueError):
-        conversation.add_question("   ")
-
-
-def test_book_names_are_unique_and_one_conversation_always_remains() -> None:
-    book = ConversationBook()
-    assert book.names() == ["Chat 1"]
-    second = book.add()
-    assert second.name == "Chat 2" and book.current is second
-    imported = book.add(Conversation("Chat 1"))
-    assert imported.name == "Chat 1 (2)"
-    assert book.rename("  Holiday   plans ") == "Holiday plans"
-    assert book.rename("Chat 2") == "Chat 2 (2)"  # taken: made unique
-    assert book.rename("   ") == "Chat 2 (2)"  # blank: unchanged
-    book.select("Chat 1")
-    assert book.current.name == "Chat 1"
-    for _ in range(4):
-        book.remove_current()
-    assert len(book.conversations) == 1
-    assert book.current.messages == []
-
-
-# ---------------------------------------------------------------- export and import
-
-
-def test_markdown_export_reads_like_the_conversation() -> None:
-    text = to_markdown(sample_conversation(), model="smollm2")
-    assert text.startswith("# Trip\n")
-    assert "**Model:** smollm2" in text
-    assert "**System prompt:** You are terse." in text
-    assert text.count("### You") == 2 and text.count("### Assistant") == 2
-    assert "first token 120 ms · 3 tokens · 15.2 tokens/s · finish: stop" in text
-    assert "*stopped before the end · ≈1 token · finish: stopped*" in text
-
-
-def test_json_round_trip_keeps_everything() -> None:
-    original = sample_conversation()
-    now = datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
-    text = to_json(
-        original, model="smollm2", settings=SamplingSettings(seed=3, stop=("X",)), now=now
-    )
-    data = json.loads(text)
-    assert data["format"] == "tschat-conversation" and data["version"] == 1
-    assert data["exported_at"] == "2025-01-02T03:04:05+00:00"
-    assert data["settings"]["seed"] == 3 and data["settings"]["stop"] == ["X"]
-    loaded = from_json(text)
-    assert loaded == original
-    assert from_json(text.encode("utf-8")) == original
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    name=st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=30),
-    system=st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")),
-    turns=st.lists(
-        st.tuples(
-            st.text(
-                st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1
-            ),
-            st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")),
-            st.booleans(),
-        ),
-        max_size=5,
-    ),
-)
-def test_json_round_trip_of_any_text(name: str, system: str, turns: list[Any]) -> None:
-    conversation = Conversation(" ".join(name.split()) or "Imported", system)
-    for question, answer, stopped in turns:
-        if not question.strip():
-            continue
-        conversation.add_question(question)
-        conversation.add_answer(
-            Message("assistant", answer, AnswerStats(finish_reason="stop"), stopped)
-        )
-    assert from_json(to_json(conversation)) == conversation
-
-
-def test_openai_style_messages_are_accepted() -> None:
-    listed = json.dumps(
-        [
-            {"role": "system", "content": "Be kind."},
-            {"role": "user", "content": "Hi"},
-            {"role": "assistant", "content": "Hello"},
-        ]
-    )
-    conversation = from_json(listed, default_name="chat-export")
-    assert conversation.name == "chat-export"
-    assert conversation.system_prompt == "Be kind."
-    assert [m.role for m in conversation.messages] == ["user", "assistant"]
-    assert from_json(b"\xef\xbb\xbf" + listed.encode()).system_prompt == "Be kind."
-
-
-@pytest.mark.parametrize(
-    ("content", "reason"),
-    [
-        ("{not json", "not valid JSON"),
-        ("42", "no JSON object"),
-        ('{"name": "x"}', "no `messages` list"),
-        ('{"format": "other", "messages": []}', "its format is 'other'"),
-        ('{"version": 99, "messages": []}', "version 99"),
-        ('{"name": 5, "messages": []}', "name must be text"),
-        ('{"messages": ["hi"]}', "messages[0] must be an object"),
-        ('{"messages": [{"role": "user", "content": 5}]}', "messages[0].content must be text"),
-        ('{"messages": [{"role": "user", "content": "a\\u0000b"}]}', "NUL"),
-        (
-            '{"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "b"}]}',
-            'messages[1].role must be "user" or "assistant"',
-        ),
-        (
-            '{"messages": [{"role": "user", "content": "a", "stats": {}}]}',
-            "only answers have stats",
-        ),
-        (
-            '{"messages": [{"role": "assistant", "content": "a", "stats": {"ttft_ms": "x"}}]}',
-            "stats.ttft_ms must be a number",
-        ),
-        (
-            '{"messages": [{"role": "assistant", "content": "a", "stopped": "yes"}]}',
-            "stopped must be true or false",
-        ),
-    ],
-)
-def test_bad_files_are_refused_with_the_reason(content: str, reason: str) -> None:
-    with pytest.raises(ConversationFileError) as caught:
-        from_json(content)
-    assert reason in caught.value.reason
-    assert "Download JSON" in str(caught.value)  # the message says what would work
-
-
-def test_bad_bytes_and_huge_files_are_refused() -> None:
-    with pytest.raises(ConversationFileError, match="not UTF-8"):
-        from_json(b"\xff\xfe{")
-    with pytest.raises(ConversationFileError, match="larger than"):
-        from_json(" " * (MAX_IMPORT_BYTES + 1))
-
-
 # ---------------------------------------------------------------- answers in flight
 
 
 class FakeStream:
-    """A ChatStream stand-in: yields pieces, each after its gate opens (if gated)."""
+    """A ChatStream stand-in: yields deltas, each after its gate opens (if gated)."""
 
     def __init__(
         self,
-        pieces: list[str],
+        pieces: list[str | StreamDelta],
         *,
         gated: bool = False,
         fail_after: int | None = None,
         usage: Usage | None = None,
     ) -> None:
-        self.pieces = pieces
+        self.pieces = [p if isinstance(p, StreamDelta) else StreamDelta(p) for p in pieces]
         self.gates = [threading.Event() for _ in pieces]
         if not gated:
             for gate in self.gates:
@@ -320,18 +118,15 @@ class FakeStream:
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
         self.timings: Timings | None = None
-        self.client_ttft_ms: float | None = None
         self.closed = threading.Event()
 
-    def __iter__(self) -> Iterator[str]:
+    def deltas(self) -> Iterator[StreamDelta]:
         for index, piece in enumerate(self.pieces):
             if index == self.fail_after:
                 raise ServerError("The answer broke off before it was complete.")
             while not self.gates[index].wait(0.01):
                 if self.closed.is_set():
                     raise ServerError("closed")
-            if self.client_ttft_ms is None:
-                self.client_ttft_ms = 5.0
             yield piece
         self.finish_reason = "length"
         self.usage = self.final_usage
@@ -341,60 +136,89 @@ class FakeStream:
         self.closed.set()
 
 
-def collect(answer: PendingAnswer) -> str:
-    return "".join(answer.deltas(poll_s=0.01))
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[ConversationStore]:
+    opened = ConversationStore(tmp_path / "chats.sqlite3")
+    yield opened
+    opened.close()
 
 
-def test_complete_answer_carries_the_server_figures() -> None:
-    stream = FakeStream(["Hel", "lo", "!"], usage=Usage(9, 3, 12))
-    conversation = Conversation("c")
-    answer = PendingAnswer(lambda: stream, conversation, "smollm2")
-    assert collect(answer) == "Hello!"
+def streaming_answer(store: ConversationStore) -> tuple[int, int]:
+    """A conversation with a question and an answer just started: (conversation, answer) ids."""
+    conversation = store.create()
+    question = store.append_question(conversation, "Hi?")
+    return conversation, store.start_answer(question)
+
+
+def finished(answer: PendingAnswer) -> PendingAnswer:
     answer.join(5)
+    assert answer.view().finished
+    return answer
+
+
+def test_complete_answer_is_saved_with_the_server_figures(store: ConversationStore) -> None:
+    conversation, answer_id = streaming_answer(store)
+    stream = FakeStream(["Hel", "lo", "!"], usage=Usage(9, 3, 12))
+    answer = finished(
+        PendingAnswer(lambda: stream, model="smollm2", saver=store, answer_id=answer_id)
+    )
     assert answer.done and not answer.stopped and answer.error is None
     assert stream.closed.is_set()
-    message = answer.message()
-    assert message is not None and message.content == "Hello!" and not message.stopped
-    assert message.stats == AnswerStats(42.0, 3, 9, 12.5, "length", "smollm2")
+    saved = store.load(conversation).messages[-1]
+    assert (saved.content, saved.state) == ("Hello!", "complete")
+    assert saved.stats == AnswerStats(42.0, 3, 9, 12.5, "length", "smollm2")
+    assert answer.stats == saved.stats
 
 
-def test_a_rerun_abandoning_the_drawing_loses_nothing() -> None:
-    stream = FakeStream(["a", "b", "c", "d"], gated=True)
-    answer = PendingAnswer(lambda: stream, Conversation("c"), "m")
-    first_run = answer.deltas(poll_s=0.01)
-    stream.gates[0].set()
-    stream.gates[1].set()
-    seen = next(first_run)
-    while len(seen) < 2:
-        seen += next(first_run)
-    first_run.close()  # what Streamlit's rerun does to the generator it was drawing
-    assert not stream.closed.is_set(), "the HTTP stream must stay open across a rerun"
-    stream.gates[2].set()
-    stream.gates[3].set()
-    second_run = answer.deltas(poll_s=0.01)
-    assert "".join(second_run) == "abcd"  # the text so far first, then the rest
-    assert answer.done
-
-
-def test_stop_keeps_the_partial_text_and_closes_the_stream() -> None:
+def test_the_text_is_saved_while_it_streams(store: ConversationStore) -> None:
+    conversation, answer_id = streaming_answer(store)
     stream = FakeStream(["one ", "two ", "three"], gated=True)
-    answer = PendingAnswer(lambda: stream, Conversation("c"), "m")
+    now = [0.0]
+    answer = PendingAnswer(
+        lambda: stream,
+        model="m",
+        saver=store,
+        answer_id=answer_id,
+        clock=lambda: now[0],
+        save_every_s=1.0,
+    )
     stream.gates[0].set()
-    assert answer.wait(0, 5) == "one "
+    while answer.view().text != "one ":
+        answer.wait(0.01)
+    assert store.load(conversation).messages[-1].content == ""  # saved at most once a second
+    now[0] = 2.0
+    stream.gates[1].set()
+    while store.load(conversation).messages[-1].content != "one two ":
+        answer.wait(0.01)
+    assert store.load(conversation).messages[-1].state == "streaming"
+    stream.gates[2].set()
+    finished(answer)
+    assert store.load(conversation).messages[-1].content == "one two three"
+
+
+def test_stop_keeps_and_saves_the_partial_text(store: ConversationStore) -> None:
+    conversation, answer_id = streaming_answer(store)
+    stream = FakeStream(["one ", "two ", "three"], gated=True)
+    answer = PendingAnswer(lambda: stream, model="m", saver=store, answer_id=answer_id)
+    stream.gates[0].set()
+    while answer.view().text != "one ":
+        answer.wait(0.01)
     answer.stop()
+    # Saved by the time stop() returns, so the rerun that the click causes shows it.
+    saved = store.load(conversation).messages[-1]
+    assert (saved.content, saved.state) == ("one ", "stopped")
+    assert saved.stats is not None
+    assert saved.stats.finish_reason == "stopped" and saved.stats.estimated
+    assert saved.stats.completion_tokens == 1
     stream.gates[1].set()  # arrives after Stop: not kept
     answer.join(5)
     assert stream.closed.is_set()
-    assert answer.stopped and not answer.done and answer.finished
-    assert collect(answer) == "one "
-    message = answer.message()
-    assert message is not None and message.stopped and message.content == "one "
-    assert message.stats is not None
-    assert message.stats.finish_reason == "stopped" and message.stats.estimated
-    assert message.stats.completion_tokens == 1
+    assert answer.stopped and not answer.done and answer.view().state == "stopped"
+    assert store.load(conversation).messages[-1].content == "one "
 
 
-def test_stop_while_connecting_closes_the_stream_once_it_opens() -> None:
+def test_stop_while_connecting_saves_nothing(store: ConversationStore) -> None:
+    conversation, answer_id = streaming_answer(store)
     opened = threading.Event()
     stream = FakeStream(["x"], gated=True)
 
@@ -402,62 +226,137 @@ def test_stop_while_connecting_closes_the_stream_once_it_opens() -> None:
         opened.wait(5)
         return stream
 
-    answer = PendingAnswer(start, Conversation("c"), "m")
-    waits: list[float] = []
-    drawing = answer.deltas(on_wait=lambda pending: waits.append(pending.waited_s), poll_s=0.01)
+    answer = PendingAnswer(start, model="m", saver=store, answer_id=answer_id)
     answer.stop()
     opened.set()
     answer.join(5)
     assert stream.closed.is_set()
-    assert list(drawing) == []
-    assert answer.message() is None  # no text: nothing to store, the question can be retried
+    # No text: the empty answer is gone and the question can be answered again.
+    assert store.load(conversation).awaiting_answer
 
 
-def test_waiting_calls_back_so_the_page_can_show_it() -> None:
-    stream = FakeStream(["late"], gated=True)
-    answer = PendingAnswer(lambda: stream, Conversation("c"), "m")
-    waits: list[float] = []
-    drawing = answer.deltas(on_wait=lambda pending: waits.append(pending.waited_s), poll_s=0.01)
-    threading.Timer(0.1, stream.gates[0].set).start()
-    assert "".join(drawing) == "late"
-    assert len(waits) >= 3 and waits == sorted(waits)
+def test_an_error_before_any_text_leaves_no_answer(store: ConversationStore) -> None:
+    conversation, answer_id = streaming_answer(store)
 
-
-def test_error_before_any_text_leaves_no_answer() -> None:
     def start() -> FakeStream:
         raise ModelNotFound("nope")
 
-    answer = PendingAnswer(start, Conversation("c"), "nope")
-    assert collect(answer) == ""
+    answer = finished(PendingAnswer(start, model="nope", saver=store, answer_id=answer_id))
     assert answer.error is not None and "not registered" in answer.error
-    assert answer.message() is None
+    assert answer.view().state == "broken"
+    assert store.load(conversation).awaiting_answer
 
 
-def test_error_mid_stream_keeps_the_partial_text() -> None:
+def test_an_error_mid_stream_keeps_the_partial_text_marked_broken(
+    store: ConversationStore,
+) -> None:
+    conversation, answer_id = streaming_answer(store)
     stream = FakeStream(["par", "tial", "never"], fail_after=2)
-    answer = PendingAnswer(lambda: stream, Conversation("c"), "m")
-    assert collect(answer) == "partial"
+    answer = finished(PendingAnswer(lambda: stream, model="m", saver=store, answer_id=answer_id))
     assert answer.error is not None and "broke off" in answer.error
-    message = answer.message()
-    assert message is not None and not message.stopped
-    assert message.stats is not None and message.stats.finish_reason == "error"
+    saved = store.load(conversation).messages[-1]
+    assert (saved.content, saved.state) == ("partial", "broken")
+    assert saved.stats is not None and saved.stats.finish_reason == "error"
 
 
-def test_speed_of_a_stopped_answer_is_measured_here() -> None:
-    # Clock readings: the request is sent at 0, the first piece arrives at 1, Stop comes at 5.
-    clock = iter([0.0, 1.0, 5.0]).__next__
+def test_live_speed_reads_the_prompt_then_counts_tokens() -> None:
+    now = [0.0]
     stream = FakeStream(["a", "b", "c", "d"], gated=True)
-    answer = PendingAnswer(lambda: stream, Conversation("c"), "m", clock=clock)
-    for gate in stream.gates[:3]:
+    answer = PendingAnswer(lambda: stream, model="m", clock=lambda: now[0])
+    now[0] = 0.5
+    assert answer.view().reading.label() == "reading the prompt… 0.5 s"
+    for second, gate in enumerate(stream.gates[:3], start=1):
+        now[0] = float(second)
         gate.set()
-    assert answer.wait(2, 5)
-    while answer.pieces < 3:
-        answer.wait(answer.pieces, 0.01)
+        while answer.view().reading.tokens < second:
+            answer.wait(0.01)
+    reading = answer.view().reading
+    assert (reading.phase, reading.tokens, reading.ttft_ms) == ("generating", 3, 1000.0)
+    assert reading.tokens_per_second == pytest.approx(1.0)  # 2 tokens in the 2 s after the first
     answer.stop()
-    message = answer.message()
-    assert message is not None and message.stats is not None
-    assert message.stats.ttft_ms == 1000.0
-    assert message.stats.tokens_per_second == pytest.approx(2 / 4)  # 2 pieces after the first
+    assert answer.stats is not None and answer.stats.tokens_per_second == pytest.approx(1.0)
+
+
+def test_token_probabilities_and_tool_calls_are_kept(store: ConversationStore) -> None:
+    conversation, answer_id = streaming_answer(store)
+    entry = {"token": "{", "logprob": -0.5, "bytes": [123], "top_logprobs": []}
+    call = {"index": 0, "id": "c1", "function": {"name": "get_time", "arguments": '{"city": '}}
+    more = {"index": 0, "function": {"arguments": '"Oslo"}'}}
+    stream = FakeStream(
+        [StreamDelta("", (entry,), (call,)), StreamDelta("", (entry, entry), (more,))]
+    )
+    answer = finished(
+        PendingAnswer(
+            lambda: stream,
+            model="m",
+            answer_format="tool_calls",
+            saver=store,
+            answer_id=answer_id,
+        )
+    )
+    saved = store.load(conversation).messages[-1]
+    assert saved.content == (
+        '{\n  "tool_calls": [\n    {\n      "name": "get_time",\n      "arguments": {\n'
+        '        "city": "Oslo"\n      }\n    }\n  ]\n}'
+    )
+    assert saved.details.format == "tool_calls"
+    assert saved.details.tokens == ({"token": "{", "logprob": -0.5, "top_logprobs": []},) * 3
+    assert answer.view().reading.tokens == 3  # one per log-probability entry
+
+
+def test_live_answers_list_an_answer_until_it_is_saved(store: ConversationStore) -> None:
+    _, answer_id = streaming_answer(store)
+    stream = FakeStream(["x"], gated=True)
+    live = LiveAnswers()
+    answer = live.add(PendingAnswer(lambda: stream, model="m", saver=store, answer_id=answer_id))
+    assert live.get(answer_id) is answer and len(live) == 1
+    stream.gates[0].set()
+    finished(answer)
+    assert live.get(answer_id) is None and len(live) == 0
+    with pytest.raises(ValueError, match="only saved answers"):
+        live.add(PendingAnswer(lambda: FakeStream([]), model="m"))
+
+
+def test_details_of_an_answer_survive_only_when_well_formed() -> None:
+    assert AnswerDetails.from_json(None) == AnswerDetails()
+    assert AnswerDetails("json").to_json() == {"format": "json"}
+    assert AnswerDetails().to_json() is None
+
+
+# ---------------------------------------------------------------- remote address
+
+
+@pytest.mark.parametrize(
+    ("typed", "address"),
+    [
+        ("http://host:8080", "http://host:8080"),
+        ("https://gpu.example.org", "https://gpu.example.org"),
+        ("  http://10.0.0.2:8080/  ", "http://10.0.0.2:8080"),
+        ("http://[fe80::1]:8080", "http://[fe80::1]:8080"),
+    ],
+)
+def test_a_remote_address_is_a_scheme_host_and_port(typed: str, address: str) -> None:
+    assert server_address(typed) == address
+
+
+@pytest.mark.parametrize(
+    ("typed", "reason"),
+    [
+        ("http://host:8080/predictions/smollm2", "has a path"),
+        ("http://host:8080/?x=1", "has a query or fragment"),
+        ("http://host:8080#top", "has a query or fragment"),
+        ("http://user:pw@host:8080", "user name or password"),
+        ("ftp://host", "is not an address"),
+        ("host:8080", "is not an address"),
+        ("http://host:99999", "is not an address"),
+        ("http://ho st:80", "is not an address"),
+        ("http://host\udc80:80", "is not an address"),
+    ],
+)
+def test_anything_more_than_an_address_is_refused_with_the_reason(typed: str, reason: str) -> None:
+    with pytest.raises(SettingsError, match=reason) as caught:
+        server_address(typed)
+    assert caught.value.message.isascii()  # quoted as plain text, whatever was typed
 
 
 # ---------------------------------------------------------------- status line
@@ -556,6 +455,20 @@ def test_status_of_a_missing_model_names_the_registered_ones() -> None:
 def test_status_when_the_model_list_cannot_be_read() -> None:
     check = check_server(FakeInference(), FakeManagement(error=AuthError()), "m")
     assert check.level == "warning" and check.can_chat  # questions may still work
+
+
+def test_answers_that_are_not_torchserves_become_a_sentence() -> None:
+    class Strange(FakeInference):
+        def ping(self) -> str:
+            raise TypeError("'str' object has no attribute 'get'")
+
+    check = check_server(Strange(), None, "m")
+    assert check.state == "bad_answer" and check.detail == NOT_TORCHSERVE
+    broken_list = FakeManagement(model_status("m", "READY"))
+    broken_list.list_models = lambda: [ModelEntry(1, 2)] + None  # type: ignore[method-assign,operator]
+    check = check_server(FakeInference(), broken_list, "m")
+    assert check.state == "list_unreadable" and check.detail == NOT_TORCHSERVE
+    assert check.can_chat
 
 
 def test_status_of_a_remote_server_without_management_access() -> None:

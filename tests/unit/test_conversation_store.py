@@ -20,11 +20,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tschat.chat.store
-from tschat.chat.conversation import AnswerStats, Conversation, Message
-from tschat.chat.export import ConversationFileError, to_json, to_markdown
+from tschat.chat.conversation import AnswerDetails, AnswerStats
+from tschat.chat.export import ConversationFileError
 from tschat.chat.sampling import SamplingSettings
 from tschat.chat.store import (
     EXPORT_VERSION,
+    SCHEMA_VERSION,
     ConversationNotFound,
     ConversationStore,
     StoreError,
@@ -105,7 +106,27 @@ def test_existing_loose_permissions_are_tightened(tmp_path: Path) -> None:
 def test_journal_is_wal_and_schema_versioned(store: ConversationStore) -> None:
     with sqlite3.connect(store.path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+
+
+def test_a_file_of_the_first_version_is_brought_up_to_date(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite3"
+    ConversationStore(path).close()
+    with sqlite3.connect(path) as db:  # what the first version wrote: no details column
+        db.execute("ALTER TABLE messages DROP COLUMN details")
+        db.execute("PRAGMA user_version = 1")
+        db.execute("INSERT INTO conversations (title, created_at, updated_at) VALUES ('Old', 1, 1)")
+        db.execute(
+            "INSERT INTO messages (conversation_id, role, content, state, created_at, "
+            "updated_at) VALUES (1, 'user', 'Hi', 'complete', 1, 1)"
+        )
+        db.execute("UPDATE conversations SET shown_child = 1")
+    store = ConversationStore(path)
+    assert [m.content for m in store.load(1).messages] == ["Hi"]
+    assert store.load(1).messages[0].details == AnswerDetails()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    store.close()
 
 
 def test_a_file_from_a_newer_version_is_refused_with_a_sentence(tmp_path: Path) -> None:
@@ -531,30 +552,42 @@ def test_export_holds_the_whole_tree_and_imports_back_identically(
 
 def test_markdown_export_is_the_visible_branch(store: ConversationStore) -> None:
     conversation = build_tree(store)
-    loaded = store.load(conversation)
-    expected = Conversation(
-        "Tree",
-        "Be brief.",
-        [
-            Message("user", "Hi"),
-            Message("assistant", "Hello.", AnswerStats(ttft_ms=10.0, completion_tokens=2)),
-            Message("user", "Tell me less"),
-            Message("assistant", ""),
-        ],
+    assert store.export_markdown(conversation, model="m") == (
+        "# Tree\n\n**Model:** m\n\n**System prompt:** Be brief.\n\n"
+        "### You\n\nHi\n\n### Assistant\n\nHello.\n\n*first token 10 ms · 2 tokens*\n\n"
+        "### You\n\nTell me less\n\n### Assistant\n\n\n\n*still coming*\n"
     )
-    assert loaded.to_conversation() == expected
-    assert store.export_markdown(conversation, model="m") == to_markdown(expected, model="m")
 
 
-def test_todays_linear_json_still_imports(store: ConversationStore) -> None:
-    old = Conversation("Old chat", "Be nice.")
-    old.add_question("Hi")
-    old.add_answer(Message("assistant", "Hel", AnswerStats(finish_reason="stopped"), stopped=True))
-    old.add_question("Again")
-    old.add_answer(Message("assistant", "Bro", AnswerStats(finish_reason="error")))
-    old.add_question("Once more")
-    old.add_answer(Message("assistant", "Done.", AnswerStats(12.0, 3, 9, 30.0, "stop", "m")))
-    conversation = store.import_json(to_json(old, model="m", settings=SamplingSettings()))
+def test_the_linear_json_of_the_first_version_still_imports(store: ConversationStore) -> None:
+    def reply(text: str, **stats: Any) -> dict[str, Any]:
+        return {"role": "assistant", "content": text, "stats": stats}
+
+    old = {
+        "format": "tschat-conversation",
+        "version": 1,
+        "name": "Old chat",
+        "system_prompt": "Be nice.",
+        "model": "m",
+        "settings": {"temperature": 0.8, "stop": []},
+        "messages": [
+            {"role": "user", "content": "Hi"},
+            reply("Hel", finish_reason="stopped", estimated=True) | {"stopped": True},
+            {"role": "user", "content": "Again"},
+            reply("Bro", finish_reason="error"),
+            {"role": "user", "content": "Once more"},
+            reply(
+                "Done.",
+                ttft_ms=12.0,
+                completion_tokens=3,
+                prompt_tokens=9,
+                tokens_per_second=30.0,
+                finish_reason="stop",
+                model="m",
+            ),
+        ],
+    }
+    conversation = store.import_json(json.dumps(old))
     loaded = store.load(conversation)
     assert (loaded.title, loaded.system_prompt) == ("Old chat", "Be nice.")
     assert [(m.content, m.state) for m in loaded.messages] == [
@@ -566,7 +599,29 @@ def test_todays_linear_json_still_imports(store: ConversationStore) -> None:
         ("Done.", "complete"),
     ]
     assert loaded.messages[-1].stats == AnswerStats(12.0, 3, 9, 30.0, "stop", "m")
-    assert loaded.to_conversation().messages == old.messages
+
+
+def test_how_an_answer_is_shown_is_saved_and_its_format_exported(
+    store: ConversationStore,
+) -> None:
+    conversation = store.create()
+    question = store.append_question(conversation, "A person as JSON")
+    tokens = ({"token": "{", "logprob": -0.1, "top_logprobs": [{"token": "{", "logprob": -0.1}]},)
+    answer_id = store.start_answer(question)
+    store.finish_answer(answer_id, '{"name": "Ada"}', details=AnswerDetails("json", tokens))
+    shown = store.load(conversation).messages[-1]
+    assert shown.details == AnswerDetails("json", tokens)
+    exported = json.loads(store.export_json(conversation))
+    assert exported["messages"][1]["format"] == "json"
+    assert "tokens" not in exported["messages"][1]  # token probabilities stay here
+    copy = store.load(store.import_json(json.dumps(exported)))
+    assert copy.messages[-1].details == AnswerDetails("json")
+    exported["messages"][0]["format"] = "json"
+    with pytest.raises(ConversationFileError, match="only answers have a format"):
+        store.import_json(json.dumps(exported))
+    exported["messages"][0]["format"] = "<b>html</b>"
+    with pytest.raises(ConversationFileError, match="format must be one of"):
+        store.import_json(json.dumps(exported))
 
 
 def test_an_openai_messages_list_imports(store: ConversationStore) -> None:

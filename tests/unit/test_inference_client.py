@@ -14,7 +14,15 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from tschat.api.inference import ChatMessage, InferenceClient, Timings, Usage
+from tschat.api.inference import (
+    ChatMessage,
+    InferenceClient,
+    StreamDelta,
+    Timings,
+    TokenCount,
+    ToolCall,
+    Usage,
+)
 from tschat.api.keys import KeyStore
 from tschat.errors import (
     AuthError,
@@ -117,6 +125,15 @@ class FakeTorchServe(BaseHTTPRequestHandler):
             return
         if url.path == "/ping":
             self._send(200, {"status": "Healthy"})
+        elif url.path == "/html/ping":  # a web server's page where TorchServe was expected
+            page = b"<html><body><img src='http://x/leak'>Welcome</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+        elif url.path == "/other/ping":  # JSON, but not TorchServe's
+            self._send(200, {"hello": "world"})
         else:
             self._send(404, {"code": 404, "type": "ResourceNotFoundException", "message": url.path})
 
@@ -136,6 +153,10 @@ class FakeTorchServe(BaseHTTPRequestHandler):
                     "message": f"Model not found: {name}",
                 },
             )
+            return
+        if self.path.endswith("/v1/tokenize"):
+            count = len(body["content"]) if "content" in body else 10 * len(body["messages"])
+            self._send(200, {"tokens": list(range(count)), "count": count, "n_ctx": 2048})
             return
         if self.path.endswith("/v1/completions"):
             text = {
@@ -165,6 +186,36 @@ class FakeTorchServe(BaseHTTPRequestHandler):
         time.sleep(0.02)
         self._chunk(event[cut:])
         self._chunk(sse(FINAL) + sse("[DONE]"))
+        self._end_stream()
+
+    def _mode_details(self, body: dict[str, Any]) -> None:
+        """Token log-probabilities with the text, then a tool call in two pieces."""
+        entry = {"token": "Hi", "logprob": -0.1, "bytes": [72, 105], "top_logprobs": []}
+        with_logprobs = delta("Hi")
+        with_logprobs["choices"][0]["logprobs"] = {"content": [entry], "refusal": None}
+        call = {"index": 0, "id": "c1", "type": "function"}
+        first = {
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {
+                        "tool_calls": [
+                            {**call, "function": {"name": "get_time", "arguments": '{"city"'}}
+                        ]
+                    },
+                }
+            ]
+        }
+        second = {
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {"tool_calls": [{"index": 0, "function": {"arguments": ': "Oslo"}'}}]},
+                }
+            ]
+        }
+        self._start_stream()
+        self._chunk(sse(with_logprobs) + sse(first) + sse(second) + sse(FINAL) + sse("[DONE]"))
         self._end_stream()
 
     def _mode_separators(self, body: dict[str, Any]) -> None:
@@ -287,6 +338,38 @@ def test_stream_without_done_marker_but_with_finish_reason(fake: LocalServer) ->
     stream = InferenceClient(fake.url, "good").chat_stream("m", say("nodone"))
     assert list(stream) == ["ok"]
     assert stream.finish_reason == "stop"
+
+
+def test_stream_deltas_carry_token_probabilities_and_tool_calls(fake: LocalServer) -> None:
+    stream = InferenceClient(fake.url, "good").chat_stream("m", say("details"), logprobs=True)
+    deltas = list(stream.deltas())
+    assert [d.text for d in deltas] == ["Hi", "", ""]
+    assert deltas[0].logprobs == (
+        {"token": "Hi", "logprob": -0.1, "bytes": [72, 105], "top_logprobs": []},
+    )
+    assert isinstance(deltas[1], StreamDelta) and deltas[1].tool_calls[0]["id"] == "c1"
+    assert stream.tool_calls == [ToolCall("c1", "get_time", '{"city": "Oslo"}')]
+    assert stream.finish_reason == "stop"
+
+
+def test_tokenize_counts_a_chat_or_a_text(fake: LocalServer) -> None:
+    client = InferenceClient(fake.url, "good")
+    assert client.tokenize("m", content="four") == TokenCount(4, 2048)
+    assert client.tokenize("m", messages=MESSAGES) == TokenCount(10, 2048)
+    assert FakeTorchServe.bodies == [{"content": "four"}, {"messages": MESSAGES}]
+    with pytest.raises(ValueError, match="either messages or content"):
+        client.tokenize("m")
+
+
+@pytest.mark.parametrize("path", ["/html", "/other"])
+def test_an_answer_that_is_not_torchserves_is_described_not_repeated(
+    fake: LocalServer, path: str
+) -> None:
+    with pytest.raises(ServerError) as caught:
+        InferenceClient(fake.url + path, "good").ping()
+    message = caught.value.message
+    assert "points at another server" in message
+    assert "<" not in message and "leak" not in message and "world" not in message
 
 
 def test_completions(fake: LocalServer) -> None:

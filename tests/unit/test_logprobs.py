@@ -11,12 +11,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import apps.token_view
 import tschat.chat.logprobs
-from tschat.chat.logprobs import Alternative, TokenView, token_strip_html, token_views
+from apps.token_view import token_strip_html
+from tschat.chat.logprobs import Alternative, TokenView, token_views
 
 
 def test_doctests() -> None:
     assert doctest.testmod(tschat.chat.logprobs).failed == 0
+    assert doctest.testmod(apps.token_view).failed == 0
 
 
 def test_tokens_with_their_alternatives_likeliest_first() -> None:
@@ -87,21 +90,30 @@ def test_hover_text_writes_out_invisible_characters() -> None:
 
 
 class StripReader(HTMLParser):
-    """Collects the tags, texts and titles of a token strip."""
+    """Collects the tags, texts and alternatives of a token strip (its style sheet aside)."""
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.tags: list[str] = []
         self.titles: list[str | None] = []
         self.texts: list[str] = []
+        self.in_style = False
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.in_style = tag == "style"
+        if self.in_style:
+            return
         self.tags.append(tag)
         if tag == "span":
-            self.titles.append(dict(attrs).get("title"))
+            self.titles.append(dict(attrs).get("data-alternatives"))
             self.texts.append("")
 
+    def handle_endtag(self, tag: str) -> None:
+        self.in_style = False
+
     def handle_data(self, data: str) -> None:
+        if self.in_style:
+            return
         assert self.texts, f"text outside a span: {data!r}"
         self.texts[-1] += data
 

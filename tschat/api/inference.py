@@ -1,4 +1,5 @@
-"""Client for the inference API: ping, OpenAI-style chat and completions, streamed as text."""
+"""Client for the inference API: ping, OpenAI-style chat and completions (streamed as text, or as
+deltas with token probabilities and tool calls), and token counts."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal, TypedDict, cast
+from typing import Any, Literal, TypedDict, TypeGuard, cast
 from urllib.parse import quote
 
 import requests
@@ -102,6 +103,41 @@ class Timings:
 
 
 @dataclass(frozen=True)
+class TokenCount:
+    """What the tokenize route says: how many tokens, out of the model's context window."""
+
+    count: int
+    n_ctx: int
+
+
+@dataclass(frozen=True)
+class StreamDelta:
+    """What one chunk of a streamed chat answer adds.
+
+    ``logprobs`` holds the chunk's ``choices[0].logprobs.content`` entries (one per token, when
+    the request asked for them); ``tool_calls`` the tool calls the chunk completes or extends.
+    """
+
+    text: str = ""
+    logprobs: tuple[dict[str, Any], ...] = ()
+    tool_calls: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        """Whether the chunk adds nothing (e.g. the last one, with the figures)."""
+        return not (self.text or self.logprobs or self.tool_calls)
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A function the model asked to call, with its arguments as JSON text."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
 class SseEvent:
     """One parsed ``data:`` payload: a JSON chunk, or the end marker."""
 
@@ -128,13 +164,15 @@ def parse_sse_line(line: str) -> SseEvent | None:
         return None
     try:
         data = json.loads(payload)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         raise ServerError(
-            f"TorchServe sent a stream line that is not JSON: {payload[:200]!r}"
+            f"The stream held a line that is not JSON ({len(payload):,} characters), which "
+            "TorchServe never sends: the address probably points at another server."
         ) from None
     if not isinstance(data, dict):
         raise ServerError(
-            f"TorchServe sent a stream chunk that is not a JSON object: {payload[:200]!r}"
+            "The stream held a chunk that is not a JSON object, which TorchServe never sends: "
+            "the address probably points at another server."
         )
     return SseEvent(data)
 
@@ -157,6 +195,64 @@ def chunk_text(chunk: Mapping[str, Any]) -> str:
     return str(choice.get("text") or "")
 
 
+def chunk_delta(chunk: Mapping[str, Any]) -> StreamDelta:
+    """What a chat chunk adds: text, token log-probabilities, tool calls.
+
+    >>> chunk_delta({"choices": [{"delta": {"content": "Hi"},
+    ...                           "logprobs": {"content": [{"token": "Hi", "logprob": -0.1}]}}]})
+    StreamDelta(text='Hi', logprobs=({'token': 'Hi', 'logprob': -0.1},), tool_calls=())
+    >>> chunk_delta({"choices": [], "usage": {}}).empty
+    True
+    """
+    text = chunk_text(chunk)
+    choices = chunk.get("choices") or []
+    if not choices or not isinstance(choices[0], Mapping):
+        return StreamDelta(text)
+    choice = choices[0]
+    logprobs = choice.get("logprobs")
+    entries = logprobs.get("content") if isinstance(logprobs, Mapping) else None
+    delta = choice.get("delta")
+    calls = delta.get("tool_calls") if isinstance(delta, Mapping) else None
+    return StreamDelta(
+        text,
+        tuple(e for e in entries if isinstance(e, dict)) if isinstance(entries, list) else (),
+        tuple(c for c in calls if isinstance(c, dict)) if isinstance(calls, list) else (),
+    )
+
+
+def merge_tool_calls(calls: list[ToolCall], pieces: Iterable[Mapping[str, Any]]) -> None:
+    """Add streamed ``tool_calls`` pieces to ``calls``: a piece with a new ``index`` starts a
+    call, one with a known index extends its arguments (OpenAI's streaming rule).
+
+    >>> calls: list[ToolCall] = []
+    >>> merge_tool_calls(calls, [{"index": 0, "id": "c1", "function": {"name": "f",
+    ...                                                                 "arguments": '{"a"'}}])
+    >>> merge_tool_calls(calls, [{"index": 0, "function": {"arguments": ': 1}'}}])
+    >>> calls
+    [ToolCall(id='c1', name='f', arguments='{"a": 1}')]
+    """
+    for piece in pieces:
+        function = piece.get("function")
+        function = function if isinstance(function, Mapping) else {}
+        index = piece.get("index", len(calls))
+        name, arguments = function.get("name"), function.get("arguments")
+        if isinstance(index, int) and 0 <= index < len(calls):
+            call = calls[index]
+            calls[index] = ToolCall(
+                call.id,
+                call.name + (name if isinstance(name, str) else ""),
+                call.arguments + (arguments if isinstance(arguments, str) else ""),
+            )
+        else:
+            calls.append(
+                ToolCall(
+                    str(piece.get("id") or f"call_{len(calls)}"),
+                    name if isinstance(name, str) else "",
+                    arguments if isinstance(arguments, str) else "",
+                )
+            )
+
+
 def split_lines(chunks: Iterable[str]) -> Iterator[str]:
     r"""Split streamed text at "\n" only (str.splitlines would also split at U+2028 and U+0085).
 
@@ -176,8 +272,10 @@ def split_lines(chunks: Iterable[str]) -> Iterator[str]:
 class ChatStream:
     """The text deltas of a streamed answer; iterate once, then read the final figures.
 
-    After iteration: ``finish_reason``, ``usage`` and ``timings`` (as the server sent them),
-    ``client_ttft_ms`` (time to the first text, measured here) and ``text`` (all of it).
+    Iterating gives the text pieces; :meth:`deltas` gives whole :class:`StreamDelta` values
+    instead (text, token log-probabilities, tool calls). After iteration: ``finish_reason``,
+    ``usage`` and ``timings`` (as the server sent them), ``client_ttft_ms`` (time to the first
+    text, measured here), ``text`` (all of it) and ``tool_calls``.
     ``close()`` cancels: it closes the connection so the server can stop generating.
     """
 
@@ -194,8 +292,15 @@ class ChatStream:
         self.timings: Timings | None = None
         self.client_ttft_ms: float | None = None
         self.text = ""
+        self.tool_calls: list[ToolCall] = []
 
     def __iter__(self) -> Iterator[str]:
+        for delta in self.deltas():
+            if delta.text:
+                yield delta.text
+
+    def deltas(self) -> Iterator[StreamDelta]:
+        """Each chunk's additions, as they arrive (chunks that add nothing are skipped)."""
         if self._consumed:
             return
         self._consumed = True
@@ -214,12 +319,13 @@ class ChatStream:
                     done = True
                     break
                 assert event.data is not None
-                piece = self._absorb(event.data)
-                if piece:
+                delta = self._absorb(event.data)
+                if not delta.empty:
                     if self.client_ttft_ms is None:
                         self.client_ttft_ms = (time.perf_counter() - self._started) * 1000
-                    self.text += piece
-                    yield piece
+                    self.text += delta.text
+                    merge_tool_calls(self.tool_calls, delta.tool_calls)
+                    yield delta
         except requests.ConnectionError as error:
             if error.args and isinstance(error.args[0], ReadTimeoutError):
                 raise ServerTimeout(self._url, self._read_timeout) from None
@@ -234,7 +340,7 @@ class ChatStream:
         if not done and self.finish_reason is None:
             raise self._cut_off()
 
-    def _absorb(self, chunk: dict[str, Any]) -> str:
+    def _absorb(self, chunk: dict[str, Any]) -> StreamDelta:
         if isinstance(chunk.get("error"), dict):
             info = parse_error_body(json.dumps(chunk))
             if info.type == "invalid_request_error":
@@ -247,7 +353,7 @@ class ChatStream:
             self.usage = Usage.from_json(chunk["usage"])
         if isinstance(chunk.get("timings"), dict):
             self.timings = Timings.from_json(chunk["timings"])
-        return chunk_text(chunk)
+        return chunk_delta(chunk)
 
     def _check_plain_error(self, line: str) -> None:
         # TorchServe reports a failure during a stream as its own JSON error, not as SSE.
@@ -338,7 +444,13 @@ class InferenceClient:
             if error.status == 500:
                 return "Unhealthy"
             raise
-        return str(_json_object(response).get("status", "Unknown"))
+        status = _json_object(response).get("status")
+        if status not in ("Healthy", "Partial Healthy", "Unhealthy"):
+            raise ServerError(
+                f"The server at {self.base_url} answered /ping without TorchServe's health "
+                "status: the address probably points at another server."
+            )
+        return str(status)
 
     def chat(self, model: str, messages: Sequence[ChatMessage], **params: Any) -> ChatCompletion:
         """One whole chat.completion (``stream`` false)."""
@@ -373,6 +485,31 @@ class InferenceClient:
         """The handler's OpenAI ``/v1/models`` list."""
         return _json_object(self._request("GET", self._path(model, "models"), model=model))
 
+    def tokenize(
+        self,
+        model: str,
+        *,
+        messages: Sequence[ChatMessage] | None = None,
+        content: str | None = None,
+    ) -> TokenCount:
+        """Count the tokens of a chat (its template applied, as a request would send it) or of
+        one text, and read the model's context window."""
+        if (messages is None) == (content is None):
+            raise ValueError("tokenize takes either messages or content")
+        body: dict[str, Any] = (
+            {"messages": list(messages)} if messages is not None else {"content": content}
+        )
+        data = _json_object(
+            self._request("POST", self._path(model, "tokenize"), body=body, model=model)
+        )
+        count, n_ctx = data.get("count"), data.get("n_ctx")
+        if not (_whole(count) and _whole(n_ctx) and n_ctx):
+            raise ServerError(
+                "The tokenize route answered without a token count and context window: the "
+                "server is not this project's handler, or an older one."
+            )
+        return TokenCount(count, n_ctx)
+
 
 def _body(params: Mapping[str, Any], **fixed: Any) -> dict[str, Any]:
     body = {key: value for key, value in params.items() if value is not None}
@@ -380,14 +517,26 @@ def _body(params: Mapping[str, Any], **fixed: Any) -> dict[str, Any]:
     return body
 
 
+def _whole(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _json_object(response: requests.Response) -> dict[str, Any]:
+    """The JSON object of an answer. Anything else is not TorchServe's: the error says so
+    without repeating it (it may come from any server the address points at)."""
     response.encoding = "utf-8"
     try:
         data = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):
+        kind = response.headers.get("Content-Type", "").split(";")[0].strip() or "no type"
         raise ServerError(
-            f"TorchServe answered with something that is not JSON: {response.text[:200]!r}"
+            f"The server at {response.url.split('?')[0]} answered with something that is not "
+            f"JSON ({kind}, {len(response.content):,} bytes), which TorchServe never does: "
+            "the address probably points at another server."
         ) from None
     if not isinstance(data, dict):
-        raise ServerError("TorchServe answered with JSON that is not an object.")
+        raise ServerError(
+            f"The server at {response.url.split('?')[0]} answered with JSON that is not an "
+            "object, which TorchServe never does: the address probably points at another server."
+        )
     return data

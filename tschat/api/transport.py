@@ -65,7 +65,7 @@ def parse_error_body(text: str) -> ErrorInfo:
     >>> parse_error_body(json.dumps(wrapped)).param
     'messages'
     >>> parse_error_body("<html>oops</html>").message
-    '<html>oops</html>'
+    "an answer that is not TorchServe's (17 characters of text, not its JSON)"
     """
     data = _json(text)
     if isinstance(data, dict) and isinstance(data.get("error"), dict):
@@ -85,7 +85,14 @@ def parse_error_body(text: str) -> ErrorInfo:
         if isinstance(inner, dict) and isinstance(inner.get("error"), dict):
             return parse_error_body(message)
         return ErrorInfo(message=message, type=_opt(data.get("type")))
-    return ErrorInfo(message=text.strip()[:500])
+    if not text.strip():
+        return ErrorInfo(message="")
+    # Not TorchServe's: whatever answers at the address (a proxy's page, another server) is
+    # described, never repeated, so nothing it says reaches a page.
+    return ErrorInfo(
+        message=f"an answer that is not TorchServe's ({len(text):,} characters of text, not its "
+        "JSON)"
+    )
 
 
 def is_auth_failure(status: int, info: ErrorInfo) -> bool:

@@ -1,28 +1,22 @@
-"""Conversations: the messages of one named conversation and its system prompt, and the
-book of named conversations of one browser session.
-
-:meth:`Conversation.api_messages` is what every turn sends (the whole history)."""
+"""The values of a conversation that the store, the answer in flight and the exports share: the
+roles, the longest name, an answer's figures and how it is shown (text, JSON, tool calls, token
+probabilities). Conversations themselves live in :mod:`tschat.chat.store`."""
 
 from __future__ import annotations
 
-import itertools
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
-
-from tschat.api.inference import ChatMessage
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, get_args
 
 MAX_NAME_LENGTH = 80
 
 Role = Literal["user", "assistant"]
-
-
-def clean_name(text: str) -> str:
-    """A conversation name: spaces collapsed, at most MAX_NAME_LENGTH characters.
-
-    >>> clean_name("  My   trip ")
-    'My trip'
-    """
-    return " ".join(text.split())[:MAX_NAME_LENGTH]
+AnswerFormat = Literal["text", "json", "tool_calls"]
+ANSWER_FORMATS: tuple[str, ...] = get_args(AnswerFormat)
+MAX_SAVED_TOKENS = 16_384  # token probabilities kept with one answer
+STOPPED = "stopped"  # finish reason of an answer the user stopped
+BROKEN = "error"  # finish reason of an answer that broke off
 
 
 @dataclass(frozen=True)
@@ -63,156 +57,64 @@ class AnswerStats:
         return {key: value for key, value in asdict(self).items() if value not in (None, False)}
 
 
-@dataclass
-class Message:
-    """One turn: a question, or an answer with its figures (``stopped``: the user stopped it)."""
+@dataclass(frozen=True)
+class AnswerDetails:
+    """How an answer is shown besides its text.
 
-    role: Role
-    content: str
-    stats: AnswerStats | None = None
-    stopped: bool = False
+    ``format``: ``json`` for an answer made under a JSON schema, ``tool_calls`` for the calls the
+    model asked for (the text then holds them as JSON); ``tokens``: the ``logprobs.content``
+    entries of the answer (token, logprob, top_logprobs), when they were asked for.
+    """
 
-    def to_json(self) -> dict[str, Any]:
-        """The message as saved in a JSON export."""
-        data: dict[str, Any] = {"role": self.role, "content": self.content}
-        if self.stopped:
-            data["stopped"] = True
-        if self.stats is not None:
-            data["stats"] = self.stats.to_json()
-        return data
+    format: AnswerFormat = "text"
+    tokens: tuple[dict[str, Any], ...] = ()
 
+    def to_json(self) -> dict[str, Any] | None:
+        """A JSON object, or None when there is nothing besides the text."""
+        data: dict[str, Any] = {}
+        if self.format != "text":
+            data["format"] = self.format
+        if self.tokens:
+            data["tokens"] = list(self.tokens)
+        return data or None
 
-@dataclass
-class Conversation:
-    """One named conversation: its system prompt and messages, oldest first."""
+    @classmethod
+    def from_json(cls, data: object) -> AnswerDetails:
+        """Read what :meth:`to_json` wrote; anything unexpected is dropped, never raised.
 
-    name: str
-    system_prompt: str = ""
-    messages: list[Message] = field(default_factory=list)
-
-    def api_messages(self) -> list[ChatMessage]:
-        """What a turn sends: the system prompt, then the whole history.
-
-        >>> c = Conversation("x", "Be brief.")
-        >>> c.add_question("Hi")
-        >>> [m["role"] for m in c.api_messages()]
-        ['system', 'user']
+        >>> AnswerDetails.from_json({"format": "json", "tokens": [{"token": "{", "logprob": 0}]})
+        AnswerDetails(format='json', tokens=({'token': '{', 'logprob': 0},))
+        >>> AnswerDetails.from_json({"format": "<b>", "tokens": "x"})
+        AnswerDetails(format='text', tokens=())
         """
-        messages: list[ChatMessage] = []
-        if self.system_prompt.strip():
-            messages.append({"role": "system", "content": self.system_prompt})
-        messages.extend({"role": m.role, "content": m.content} for m in self.messages)
-        return messages
-
-    @property
-    def awaiting_answer(self) -> bool:
-        """Whether the last message is a question without an answer."""
-        return bool(self.messages) and self.messages[-1].role == "user"
-
-    def add_question(self, text: str) -> None:
-        """Append a question (blank text is refused)."""
-        if not text.strip():
-            raise ValueError("a question needs some text")
-        self.messages.append(Message("user", text))
-
-    def add_answer(self, answer: Message) -> None:
-        """Append the answer to the last question."""
-        if answer.role != "assistant":
-            raise ValueError("an answer has the assistant role")
-        self.messages.append(answer)
-
-    def last_question(self) -> str | None:
-        """The text of the last question, if any."""
-        for message in reversed(self.messages):
-            if message.role == "user":
-                return message.content
-        return None
-
-    def can_regenerate(self) -> bool:
-        """Whether there is a question whose (last) answer can be asked for again."""
-        return self.last_question() is not None
-
-    def drop_last_answer(self) -> None:
-        """Remove the answer(s) after the last question, so it can be answered again."""
-        if not self.can_regenerate():
-            raise ValueError("there is no question to answer again")
-        while self.messages and self.messages[-1].role == "assistant":
-            self.messages.pop()
-
-    def replace_last_question(self, text: str) -> None:
-        """Replace the last question (and drop its answer) with ``text``, ready to send."""
-        if not text.strip():
-            raise ValueError("a question needs some text")
-        self.drop_last_answer()
-        self.messages.pop()
-        self.messages.append(Message("user", text))
-
-    def clear(self) -> None:
-        """Forget every message (the name and system prompt stay)."""
-        self.messages.clear()
+        if not isinstance(data, Mapping):
+            return cls()
+        shown = data.get("format")
+        tokens = data.get("tokens")
+        return cls(
+            shown if shown in ANSWER_FORMATS else "text",
+            tuple(t for t in tokens[:MAX_SAVED_TOKENS] if isinstance(t, dict))
+            if isinstance(tokens, list)
+            else (),
+        )
 
 
-@dataclass
-class ConversationBook:
-    """The named conversations of one browser session; ``active`` indexes the shown one."""
+def slim_token(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``logprobs.content`` entry without its byte lists, as an answer keeps it.
 
-    conversations: list[Conversation] = field(default_factory=list)
-    active: int = 0
+    >>> slim_token({"token": "a", "logprob": -0.5, "bytes": [97],
+    ...             "top_logprobs": [{"token": "a", "logprob": -0.5, "bytes": [97]}]})
+    {'token': 'a', 'logprob': -0.5, 'top_logprobs': [{'token': 'a', 'logprob': -0.5}]}
+    """
 
-    def __post_init__(self) -> None:
-        if not self.conversations:
-            self.conversations.append(Conversation(self.unique_name("Chat")))
+    def pair(item: Mapping[str, Any]) -> dict[str, Any]:
+        logprob = item.get("logprob")
+        finite = isinstance(logprob, (int, float)) and math.isfinite(logprob)
+        return {"token": item.get("token"), "logprob": logprob if finite else -1e9}
 
-    @property
-    def current(self) -> Conversation:
-        """The conversation on screen."""
-        return self.conversations[self.active]
-
-    def names(self) -> list[str]:
-        """The names, in creation order."""
-        return [c.name for c in self.conversations]
-
-    def unique_name(self, base: str) -> str:
-        """``base`` if it is free; new chats are numbered ``Chat 1``, ``Chat 2``; others ``(2)``.
-
-        >>> book = ConversationBook()
-        >>> book.names(), book.unique_name("Chat"), book.unique_name("Chat 1")
-        (['Chat 1'], 'Chat 2', 'Chat 1 (2)')
-        """
-        base = clean_name(base) or "Chat"
-        taken = {c.name for c in self.conversations}
-        if base == "Chat":
-            return next(f"Chat {n}" for n in itertools.count(1) if f"Chat {n}" not in taken)
-        if base not in taken:
-            return base
-        return next(f"{base} ({n})" for n in itertools.count(2) if f"{base} ({n})" not in taken)
-
-    def add(self, conversation: Conversation | None = None) -> Conversation:
-        """Add a conversation (a new empty one by default) under a unique name; make it active."""
-        if conversation is None:
-            conversation = Conversation(self.unique_name("Chat"))
-        else:
-            conversation.name = self.unique_name(conversation.name)
-        self.conversations.append(conversation)
-        self.active = len(self.conversations) - 1
-        return conversation
-
-    def select(self, name: str) -> Conversation:
-        """Make the conversation called ``name`` the active one."""
-        self.active = self.names().index(name)
-        return self.current
-
-    def rename(self, new_name: str) -> str:
-        """Rename the active conversation; returns the name it got (made unique, never blank)."""
-        wanted = clean_name(new_name)
-        if not wanted or wanted == self.current.name:
-            return self.current.name
-        self.current.name = self.unique_name(wanted)
-        return self.current.name
-
-    def remove_current(self) -> None:
-        """Delete the active conversation; the book always keeps at least one."""
-        del self.conversations[self.active]
-        if not self.conversations:
-            self.conversations.append(Conversation(self.unique_name("Chat")))
-        self.active = min(self.active, len(self.conversations) - 1)
+    top = entry.get("top_logprobs")
+    return pair(entry) | {
+        "top_logprobs": [pair(t) for t in top if isinstance(t, Mapping)]
+        if isinstance(top, list)
+        else []
+    }

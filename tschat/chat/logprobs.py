@@ -3,19 +3,16 @@
 :func:`token_views` reads the ``logprobs.content`` entries of OpenAI chat answers (``token``,
 ``logprob``, ``top_logprobs``) into :class:`TokenView` values: the token's text, its probability,
 a shade and a background colour (stronger where the model was less sure), and the alternatives it
-considered. :func:`token_strip_html` draws them as one strip of spans whose hover text lists the
-alternatives, with every piece of text escaped, so a view only has to show it.
+considered. The chat draws them with ``apps/token_view.py``.
 """
 
 from __future__ import annotations
 
-import html
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 MAX_ALTERNATIVES = 20  # OpenAI allows top_logprobs up to 20
-NEWLINE_MARK = "↵"  # a newline token would otherwise have nothing to shade
 
 
 @dataclass(frozen=True)
@@ -100,29 +97,6 @@ def token_views(content: object) -> list[TokenView]:
         )
         views.append(TokenView(text, probability, tuple(alternatives)))
     return views
-
-
-def token_strip_html(views: Sequence[TokenView]) -> str:
-    """The tokens as HTML: one shaded span per token, its alternatives in the hover text.
-
-    All text is escaped (tokens, hover text); the styles hold only numbers from here.
-
-    >>> strip = token_strip_html([TokenView("<b>", 0.5, (Alternative('"', 0.1),))])
-    >>> "&lt;b&gt;</span>" in strip, "<b>" in strip, 'title="“&lt;b&gt;” 50.0%' in strip
-    (True, False, True)
-    """
-    spans = []
-    for view in views:
-        shown = view.text.replace("\n", f"{NEWLINE_MARK}\n")
-        spans.append(
-            f'<span style="background-color: {view.colour}; border-radius: 3px;" '
-            f'title="{html.escape(view.hover(), quote=True)}">{html.escape(shown)}</span>'
-        )
-    return (
-        '<div class="tschat-tokens" style="white-space: pre-wrap; line-height: 1.9;">'
-        + "".join(spans)
-        + "</div>"
-    )
 
 
 def _token(entry: object, where: str) -> tuple[str, float]:

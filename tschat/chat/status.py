@@ -1,10 +1,16 @@
 """The server status of the chat, as data: whether TorchServe answers, and which models can
-take questions. The chat app turns it into sentences (apps/chat_status.py)."""
+take questions; and the one rule for a remote server's address. The chat app turns the status
+into sentences (apps/chat_status.py).
+
+Whatever answers at a typed address is checked, never trusted: an answer that is not what
+TorchServe sends (an HTML page, JSON of another shape) becomes a state with a sentence of our
+own, so nothing the other server says reaches the page."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
+from urllib.parse import urlsplit
 
 from tschat.api.management import ModelEntry, ModelStatus
 from tschat.errors import (
@@ -12,8 +18,58 @@ from tschat.errors import (
     KeyFileMissing,
     ModelNotFound,
     ServerNotRunning,
+    SettingsError,
     TsChatError,
 )
+
+# An answer that broke the parsing of what TorchServe sends (JSON of another shape).
+NOT_TORCHSERVE = (
+    "its answer is not shaped like TorchServe's: the address probably points at another server."
+)
+
+
+def server_address(text: str) -> str:
+    """A remote server's address: ``http(s)://host[:port]`` and nothing else.
+
+    Raises :class:`tschat.errors.SettingsError` saying what is wrong; the message quotes the
+    address only as far as it is plain text.
+
+    >>> server_address(" http://gpu-box:8080/ ")
+    'http://gpu-box:8080'
+    >>> server_address("https://[::1]:8443")
+    'https://[::1]:8443'
+    >>> server_address("http://host:8080/predictions/x")
+    Traceback (most recent call last):
+    ...
+    tschat.errors.SettingsError: 'http://host:8080/predictions/x' has a path: give only the \
+scheme, host and port, like http://host:8080.
+    """
+    value = text.strip()
+    shown = repr(value[:80].encode("ascii", "backslashreplace").decode("ascii"))
+    like = "like http://host:8080."
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        raise SettingsError(f"{shown} is not an address {like}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(f"{shown} is not an address {like}")
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        raise SettingsError(
+            f"{shown} holds a user name or password: give the key in the key field, and only "
+            f"the scheme, host and port here, {like}"
+        )
+    if parts.path not in ("", "/"):
+        raise SettingsError(f"{shown} has a path: give only the scheme, host and port, {like}")
+    if parts.query or parts.fragment or value.endswith(("?", "#")):
+        raise SettingsError(
+            f"{shown} has a query or fragment: give only the scheme, host and port, {like}"
+        )
+    host = parts.hostname
+    if not all(c.isalnum() or c in ".-_:" for c in host):
+        raise SettingsError(f"{shown} is not an address {like}")
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
 
 
 class InferenceApi(Protocol):
@@ -129,6 +185,8 @@ def check_server(
         return ServerCheck("key_refused", url, model, reachable=True, detail=error.message)
     except TsChatError as error:
         return ServerCheck("bad_answer", url, model, reachable=True, detail=error.message)
+    except Exception:  # noqa: BLE001 - whatever answered is not TorchServe
+        return ServerCheck("bad_answer", url, model, reachable=True, detail=NOT_TORCHSERVE)
 
     if management is None:
         return _check_without_management(inference, model)
@@ -143,6 +201,8 @@ def check_server(
                 del choices[name]  # unregistered between the two calls
     except TsChatError as error:
         return ServerCheck("list_unreadable", url, model, reachable=True, detail=error.message)
+    except Exception:  # noqa: BLE001 - JSON of another shape
+        return ServerCheck("list_unreadable", url, model, reachable=True, detail=NOT_TORCHSERVE)
     found = tuple(choices.values())
     choice = choices.get(model)
     if choice is None:
@@ -163,4 +223,7 @@ def _check_without_management(inference: InferenceApi, model: str) -> ServerChec
     except TsChatError as error:
         choices = (ModelChoice(model, "unknown"),)
         return ServerCheck("not_ready", url, model, True, choices, detail=error.message)
+    except Exception:  # noqa: BLE001 - JSON of another shape
+        choices = (ModelChoice(model, "unknown"),)
+        return ServerCheck("not_ready", url, model, True, choices, detail=NOT_TORCHSERVE)
     return ServerCheck("ready", url, model, True, (ModelChoice(model, "ready"),))

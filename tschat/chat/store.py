@@ -17,7 +17,7 @@ writers wait for each other instead of failing. The file and its folder are owne
 * :class:`SavedConversation`, :class:`StoredMessage`, :class:`ConversationSummary` - what loading
   and listing return.
 * :func:`parse_conversation_file` - check an export file field by field (both today's tree
-  format, version 2, and the linear version 1 written by :func:`tschat.chat.to_json`).
+  format, version 2, and the linear version 1 written by earlier versions of the app).
 """
 
 from __future__ import annotations
@@ -37,12 +37,13 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from tschat.api.inference import ChatMessage
-from tschat.chat.answer import BROKEN
 from tschat.chat.conversation import (
+    ANSWER_FORMATS,
+    BROKEN,
     MAX_NAME_LENGTH,
+    AnswerDetails,
+    AnswerFormat,
     AnswerStats,
-    Conversation,
-    Message,
     Role,
 )
 from tschat.chat.export import (
@@ -55,7 +56,7 @@ from tschat.chat.export import (
 from tschat.chat.sampling import SamplingSettings
 from tschat.errors import TsChatError
 
-SCHEMA_VERSION = 1  # PRAGMA user_version of the file
+SCHEMA_VERSION = 2  # PRAGMA user_version of the file
 EXPORT_VERSION = 2  # "version" of an exported tree; version 1 files (linear) still import
 FOLDER_NAME = "chats"
 FILE_NAME = "conversations.sqlite3"
@@ -94,6 +95,7 @@ CREATE TABLE messages (
     content TEXT NOT NULL,
     state TEXT NOT NULL CHECK (state IN ('complete', 'streaming', 'stopped', 'broken')),
     stats TEXT,
+    details TEXT,
     shown_child INTEGER,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
@@ -101,6 +103,9 @@ CREATE TABLE messages (
 CREATE INDEX messages_by_parent ON messages (conversation_id, parent_id);
 CREATE INDEX conversations_by_update ON conversations (updated_at);
 """
+# What turns a file of an older version into the next one: version 1 -> 2 adds the details
+# (JSON format, token probabilities) of an answer.
+_MIGRATIONS = {1: "ALTER TABLE messages ADD COLUMN details TEXT"}
 
 
 # ---------------------------------------------------------------------------- errors
@@ -141,6 +146,7 @@ class StoredMessage:
     siblings: tuple[int, ...]
     created_at: float
     updated_at: float
+    details: AnswerDetails = AnswerDetails()
 
     @property
     def partial(self) -> bool:
@@ -200,28 +206,25 @@ class SavedConversation:
         """The last question of the visible branch."""
         return next((m for m in reversed(self.messages) if m.role == "user"), None)
 
-    def api_messages(self) -> list[ChatMessage]:
-        """What the next request sends: the system prompt, then the visible branch.
+    def api_messages(self, until: int | None = None) -> list[ChatMessage]:
+        """What the next request sends: the system prompt, then the visible branch (up to and
+        including the message ``until``, when given).
 
         Answers without any text (one that has just started) are left out.
         """
+        shown = self.messages
+        if until is not None:
+            ids = [m.id for m in shown]
+            if until not in ids:
+                raise ConversationNotFound("This message")
+            shown = shown[: ids.index(until) + 1]
         sent: list[ChatMessage] = []
         if self.system_prompt.strip():
             sent.append({"role": "system", "content": self.system_prompt})
         sent.extend(
-            {"role": m.role, "content": m.content}
-            for m in self.messages
-            if m.content or m.role == "user"
+            {"role": m.role, "content": m.content} for m in shown if m.content or m.role == "user"
         )
         return sent
-
-    def to_conversation(self) -> Conversation:
-        """The visible branch as a :class:`tschat.chat.Conversation` (Markdown export)."""
-        return Conversation(
-            self.title,
-            self.system_prompt,
-            [Message(m.role, m.content, m.stats, m.state == "stopped") for m in self.messages],
-        )
 
 
 @dataclass(frozen=True)
@@ -245,6 +248,7 @@ class ImportedMessage:
     state: FinalState = "complete"
     stats: AnswerStats | None = None
     shown: bool = False
+    format: AnswerFormat = "text"
 
 
 @dataclass(frozen=True)
@@ -296,6 +300,10 @@ class ConversationStore:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
                 db.executescript_in_transaction(_SCHEMA)
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version < SCHEMA_VERSION:
+                for step in range(version, SCHEMA_VERSION):
+                    db.execute(_MIGRATIONS[step])
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version > SCHEMA_VERSION:
                 raise StoreError(
@@ -458,7 +466,7 @@ class ConversationStore:
                     WHERE m.shown_child IS NOT NULL
                 )
                 SELECT m.id, m.parent_id, m.role, m.content, m.state, m.stats, m.created_at,
-                       m.updated_at
+                       m.updated_at, m.details
                 FROM branch b JOIN messages m ON m.id = b.id ORDER BY b.depth
                 """,
                 (conversation_id,),
@@ -481,8 +489,19 @@ class ConversationStore:
                 siblings=tuple(family.get(parent_id, [message_id])),
                 created_at=created_at,
                 updated_at=updated_at,
+                details=_details_from_db(details),
             )
-            for message_id, parent_id, role, content, state, stats, created_at, updated_at in branch
+            for (
+                message_id,
+                parent_id,
+                role,
+                content,
+                state,
+                stats,
+                created_at,
+                updated_at,
+                details,
+            ) in branch
         )
         return SavedConversation(
             id=conversation_id,
@@ -541,8 +560,10 @@ class ConversationStore:
         *,
         state: FinalState = "complete",
         stats: AnswerStats | None = None,
+        details: AnswerDetails | None = None,
     ) -> bool:
-        """Save an answer's final text, how it ended and its figures; the first call wins.
+        """Save an answer's final text, how it ended, its figures and how it is shown (JSON,
+        token probabilities); the first call wins.
 
         An answer that was stopped or broke off before any text arrived holds nothing worth
         keeping: it is removed, and the version shown before it is shown again (unless another
@@ -566,9 +587,16 @@ class ConversationStore:
                 db.remove_message(conversation_id, answer_id, parent_id)
             else:
                 db.execute(
-                    "UPDATE messages SET content = ?, state = ?, stats = ?, updated_at = ? "
-                    "WHERE id = ?",
-                    (_displayable(text), state, _stats_to_db(stats), db.now, answer_id),
+                    "UPDATE messages SET content = ?, state = ?, stats = ?, details = ?, "
+                    "updated_at = ? WHERE id = ?",
+                    (
+                        _displayable(text),
+                        state,
+                        _stats_to_db(stats),
+                        _details_to_db(details),
+                        db.now,
+                        answer_id,
+                    ),
                 )
             db.touch(conversation_id)
             return True
@@ -662,14 +690,14 @@ class ConversationStore:
         with self._transaction(write=False) as db:
             row = db.conversation(conversation_id)
             rows = db.execute(
-                "SELECT id, parent_id, role, content, state, stats, shown_child FROM messages "
-                "WHERE conversation_id = ? ORDER BY id",
+                "SELECT id, parent_id, role, content, state, stats, shown_child, details "
+                "FROM messages WHERE conversation_id = ? ORDER BY id",
                 (conversation_id,),
             ).fetchall()
         shown_children = {row["shown_child"]} | {r[6] for r in rows}
         numbers: dict[int, int] = {}
         messages: list[dict[str, Any]] = []
-        for message_id, parent_id, role, content, state, stats, _ in rows:
+        for message_id, parent_id, role, content, state, stats, _, details in rows:
             numbers[message_id] = len(numbers) + 1
             item: dict[str, Any] = {
                 "id": numbers[message_id],
@@ -682,6 +710,9 @@ class ConversationStore:
             parsed = _stats_from_db(stats)
             if parsed is not None:
                 item["stats"] = parsed.to_json()
+            shown_as = _details_from_db(details).format
+            if shown_as != "text":
+                item["format"] = shown_as
             if message_id in shown_children:
                 item["shown"] = True
             messages.append(item)
@@ -701,7 +732,8 @@ class ConversationStore:
 
     def export_markdown(self, conversation_id: int, model: str | None = None) -> str:
         """The visible branch as a Markdown document."""
-        return to_markdown(self.load(conversation_id).to_conversation(), model=model)
+        saved = self.load(conversation_id)
+        return to_markdown(saved.title, saved.system_prompt, saved.messages, model=model)
 
     def import_json(self, content: str | bytes, default_title: str = "Imported") -> int:
         """Save an exported conversation (version 1 or 2) as a new one; returns its id.
@@ -734,6 +766,7 @@ class ConversationStore:
                         message.state,
                         stats=message.stats,
                         show=message.shown,
+                        details=AnswerDetails(message.format),
                     )
                 )
             return conversation_id
@@ -813,11 +846,12 @@ class _Db:
         *,
         stats: AnswerStats | None = None,
         show: bool = True,
+        details: AnswerDetails | None = None,
     ) -> int:
         message_id = _rowid(
             self.execute(
                 "INSERT INTO messages (conversation_id, parent_id, role, content, state, stats, "
-                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "details, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     conversation_id,
                     parent_id,
@@ -825,6 +859,7 @@ class _Db:
                     content,
                     state,
                     _stats_to_db(stats),
+                    _details_to_db(details),
                     self.now,
                     self.now,
                 ),
@@ -969,6 +1004,13 @@ def _tree_messages(raw: list[Any]) -> list[ImportedMessage]:
             )
         if state != "complete" and role != "assistant":
             raise ConversationFileError(f"{where} is a question; only answers have a state.")
+        shown_as = item.get("format", "text")
+        if shown_as not in ANSWER_FORMATS:
+            raise ConversationFileError(
+                f"{where}.format must be one of {', '.join(ANSWER_FORMATS)}; got {_show(shown_as)}."
+            )
+        if shown_as != "text" and role != "assistant":
+            raise ConversationFileError(f"{where} is a question; only answers have a format.")
         shown = item.get("shown", False)
         if not isinstance(shown, bool):
             raise ConversationFileError(f"{where}.shown must be true or false.")
@@ -980,7 +1022,7 @@ def _tree_messages(raw: list[Any]) -> list[ImportedMessage]:
                 )
             shown_under[parent] = index
         index_of[int(key)] = index
-        messages.append(ImportedMessage(parent, role, text, state, stats, shown))
+        messages.append(ImportedMessage(parent, role, text, state, stats, shown, shown_as))
     # Where the file marks no version as shown, the newest one is.
     last_child = {message.parent: index for index, message in enumerate(messages)}
     return [
@@ -1133,6 +1175,20 @@ def _rowid(cursor: sqlite3.Cursor) -> int:
 
 def _stats_to_db(stats: AnswerStats | None) -> str | None:
     return None if stats is None else json.dumps(stats.to_json(), ensure_ascii=False)
+
+
+def _details_to_db(details: AnswerDetails | None) -> str | None:
+    data = None if details is None else details.to_json()
+    return None if data is None else json.dumps(data, ensure_ascii=False)
+
+
+def _details_from_db(text: str | None) -> AnswerDetails:
+    if text is None:
+        return AnswerDetails()
+    try:
+        return AnswerDetails.from_json(json.loads(text))
+    except ValueError:
+        return AnswerDetails()
 
 
 def _stats_from_db(text: str | None) -> AnswerStats | None:
