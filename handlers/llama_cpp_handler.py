@@ -52,10 +52,6 @@ logger = logging.getLogger(__name__)
 WORKER_INFO_MARK = "llama.cpp worker ready:"
 PROFILE_MARK = "worker step profile:"
 PROFILE_EVERY_S = 10.0  # and whenever the worker falls idle
-# Continuous batching: while no request can start, finish or see its first token, one handler
-# call decodes several steps, up to this long, to save TorchServe's round trip per step (~3 ms;
-# a third of a step with one stream). A request arriving meanwhile waits at most this long.
-CALL_BUDGET_S = 0.05
 SSE_TYPE = "text/event-stream; charset=utf-8"
 JSON_TYPE = "application/json"
 TEXT_TYPE = "text/plain; charset=utf-8"
@@ -263,7 +259,8 @@ class LlamaCppHandler:
             if admitted is not None:
                 self.running[ids[idx]] = admitted
         self._calls.mark("admit")
-        self._steps()
+        if self.engine.active:
+            self.engine.step()  # one step per call: each token reaches its client as it is decoded
         self._calls.mark("step")
         for idx, request_id in enumerate(ids):
             job = self.running.get(request_id)
@@ -290,31 +287,6 @@ class LlamaCppHandler:
         }
         self._calls.mark("respond")
         return results
-
-    def _steps(self) -> None:
-        """Decode one step, or several while none of them could change what TorchServe does.
-
-        Another step follows only while every running answer was already streaming before this
-        call and none ended (a free slot lets a waiting request in), no request waits for a
-        slot, no answer may call tools (a complete call stops it), and the next step should end
-        within CALL_BUDGET_S.
-        """
-        engine = self.engine
-        assert engine is not None
-        began = time.perf_counter()
-        tools = any(a.reader is not None for job in self.running.values() for a in job.answers)
-        while engine.active:
-            step_began = time.perf_counter()
-            changed = engine.step()
-            now = time.perf_counter()
-            if (
-                tools
-                or engine.queue
-                or any(g.finished for g in changed)
-                or any(g.first_token_at is None or g.first_token_at >= began for g in engine.active)
-                or now + (now - step_began) - began > CALL_BUDGET_S
-            ):
-                return
 
     def _try(self, job: Job, context: Any, write: Callable[[Job], bytes]) -> bytes:
         """What ``write`` makes of a job; if it raises, the job ends with an error of its own."""

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import psutil
 import pytest
+import streamlit as st
 import yaml
 from streamlit.testing.v1 import AppTest
 
@@ -116,6 +117,9 @@ def _registered(management: ManagementClient, **options: int) -> None:
         management.register_model(ARCHIVE, initial_workers=1, synchronous=True, **with_options)
     if (status.min_workers, status.max_workers) != (1, 1):
         management.scale_workers(MODEL, 1, 1, synchronous=True)
+    # Changed behind the console's back: its pages share one read of the server per refresh
+    # interval and would show the change within one; a page opened now must not reuse the old.
+    st.cache_resource.clear()
     ServingRegistry(management).wait_until_ready(MODEL, timeout=SLOW_S)
 
 
