@@ -41,7 +41,7 @@ help:
 	@echo "make setup    everything 'run' does except starting (BACKEND=cpu|cuda|metal)"
 	@echo "make model    package the default model into $(ARCHIVE)"
 	@echo "make bench    measure against llama-server (BENCH_ARGS=--quick, --no-peer, --compare-batching)"
-	@echo "make soak     1,000 requests; worker memory and descriptors must not grow"
+	@echo "make soak     1,000 requests (worker memory and descriptors must not grow); 8 people in one chat app"
 	@echo "make lint     ruff check, ruff format --check, mypy (package, apps, scripts)"
 	@echo "make stop     stop the TorchServe started by 'make run'"
 	@echo "make clean    remove var/ and the packaged archives"
@@ -96,7 +96,7 @@ bench: setup
 
 # 1,000 requests against a real TorchServe: worker memory and file descriptors must stay flat.
 soak: setup model $(STAMP_DEV)
-	$(PY) -m pytest -m soak -s tests/soak
+	$(PY) -m pytest -m soak -s tests/soak tests/browser/test_chat_load_browser.py
 
 lint: $(STAMP_DEV)
 	$(PY) -m ruff check .

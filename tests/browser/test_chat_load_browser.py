@@ -27,10 +27,17 @@ if TYPE_CHECKING:
 
     from tests.browser.conftest import RunningApp
 
-pytestmark = [pytest.mark.integration, pytest.mark.browser, pytest.mark.timeout(900)]
+# Left out of make test (make soak runs it): on two shared cores its page loads take longer than
+# its limit while eight answers stream.
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.browser,
+    pytest.mark.soak,
+    pytest.mark.timeout(900),
+]
 
 PEOPLE = 8
-MAX_TOKENS = 64
+MAX_TOKENS = 128
 PAGE_LOAD_LIMIT_S = 2.0
 # On a machine so busy that the page takes longer than the limit with no answer streaming, the
 # limit is this many times that idle figure: what the test guards against is the app holding
