@@ -236,10 +236,10 @@ def test_long_run_dir_is_refused_before_starting(tmp_path: Path) -> None:
     assert not settings.run_dir.exists()
 
 
-def test_workers_wait_passively_unless_told_otherwise(
+def test_workers_spin_briefly_unless_told_otherwise(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    assert process._launch_env(settings)["OMP_WAIT_POLICY"] == "PASSIVE"
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # an operator's own choice stands
-    assert process._launch_env(settings)["OMP_WAIT_POLICY"] == "ACTIVE"
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    assert process._launch_env(settings)["GOMP_SPINCOUNT"] == "1000"
+    monkeypatch.setenv("GOMP_SPINCOUNT", "300000")  # an operator's own choice stands
+    assert process._launch_env(settings)["GOMP_SPINCOUNT"] == "300000"
