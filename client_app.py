@@ -813,8 +813,9 @@ def chat(
     if saved is not None and any(
         m.state == "streaming" and live_answers().get(m.id) is None for m in saved.messages
     ):
-        # It ended since the page loaded it: saved before it left the live list, so load again.
-        saved = store().load(saved.id)
+        # It ended since the page loaded it (saved before it left the live list): start the
+        # page over, so that it is drawn as saved and how it ended is reported.
+        st.rerun()
     locked = busy(saved)
     probabilities = bool(st.session_state[W_PROBABILITIES])
     messages = saved.messages if saved is not None else ()
