@@ -37,6 +37,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import cast
 
 import llama_cpp
@@ -295,6 +296,22 @@ def _step_order(gen: Generation) -> tuple[int, int]:
 MIN_SHARED_PREFIX = 8
 
 
+def _scan_vocab(vocab: ctypes.c_void_p, n_vocab: int) -> tuple[tuple[int, ...], int]:
+    """The end-of-generation tokens, and the longest text a token stands for (in bytes).
+
+    A text longer than n_ctx times the latter cannot fit in the context window.
+    """
+    piece = ctypes.create_string_buffer(256)  # its own: this runs beside the engine's thread
+    eog: list[int] = []
+    longest = 1
+    for token in range(n_vocab):
+        if llama_cpp.llama_vocab_is_eog(vocab, token):
+            eog.append(token)
+        n = llama_cpp.llama_token_to_piece(vocab, token, piece, len(piece), 0, False)
+        longest = max(longest, abs(n))  # negative: the room it needs
+    return tuple(eog), longest
+
+
 class LlamaEngine:
     """A loaded GGUF model with a KV cache shared by up to ``max_sequences`` generations."""
 
@@ -350,7 +367,13 @@ class LlamaEngine:
         ctx_params.n_threads = config.n_threads
         ctx_params.n_threads_batch = config.n_threads
         ctx_params.no_perf = True
-        self.ctx = llama_cpp.llama_init_from_model(self.model, ctx_params)
+        # Creating the context allocates and clears the KV cache (a few hundred ms for many
+        # sequences, without the GIL): the vocabulary is scanned meanwhile.
+        with ThreadPoolExecutor(1) as pool:
+            scan = pool.submit(_scan_vocab, self.vocab, self.n_vocab)
+            self.ctx = llama_cpp.llama_init_from_model(self.model, ctx_params)
+        self.eog_tokens, self.max_token_chars = scan.result()
+        self._eog = frozenset(self.eog_tokens)
         if not self.ctx:
             llama_cpp.llama_model_free(self.model)
             raise RuntimeError("llama.cpp could not create a context (out of memory?)")
@@ -364,15 +387,7 @@ class LlamaEngine:
         self.queue: list[Generation] = []  # waiting for a free slot, first come first served
         self._piece = ctypes.create_string_buffer(256)
         self._pieces: dict[int, bytes] = {}
-        self.eog_tokens = tuple(
-            t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self.vocab, t)
-        )
-        self._eog = frozenset(self.eog_tokens)
         self.times = StepTimes()
-        # The longest text a token stands for: a text longer than n_ctx times this cannot fit.
-        self.max_token_chars = max(
-            (len(self._piece_bytes(t)) for t in range(self.n_vocab)), default=1
-        )
         # A candidate array for sampling by hand (grammars), reused by every generation.
         self._ids = np.arange(self.n_vocab, dtype=np.int32)
         self._cand = np.zeros(self.n_vocab, dtype=TOKEN_DATA)

