@@ -109,6 +109,8 @@ class ServerStatus:
 
 
 METRICS_CONFIG = Path(__file__).with_name("torchserve_metrics.yaml")
+# TorchServe's log files, each line once and without its lines for every decode step.
+LOG_CONFIG = Path(__file__).with_name("torchserve_log4j2.xml")
 
 
 def allowed_urls_pattern(model_store: Path) -> str:
@@ -510,6 +512,8 @@ def _launcher_argv(settings: Settings) -> list[str]:
         str(settings.model_store),
         "--ts-config",
         str(settings.config_file),
+        "--log-config",
+        str(LOG_CONFIG),
     ]
 
 
