@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -282,3 +283,22 @@ def test_default_model_worker_is_ready(torchserve_server: TorchServeServer) -> N
     assert status.url == f"{server.model}.mar"
     assert status.workers[0].pid in process.status(server.settings).worker_pids
     assert server.inference.ping() == "Healthy"
+
+
+def test_logs_hold_each_line_once_and_no_line_per_call(torchserve_server: TorchServeServer) -> None:
+    """TorchServe's per-call lines are left out (tschat/ops/torchserve_log4j2.xml)."""
+    server = torchserve_server
+    question = [{"role": "user", "content": "Count from one to twenty."}]
+    stream = server.inference.chat_stream(server.model, question, max_tokens=24, temperature=0)
+    assert "".join(delta.text for delta in stream.deltas())
+    ts_log = process.tail_log(server.settings, "ts_log.log", lines=20_000)
+    model_log = process.tail_log(server.settings, "model_log.log", lines=20_000)
+    assert f"Inference API bind to: {server.settings.inference_url}" in ts_log
+    assert "llama.cpp worker ready:" in model_log  # the handler's own lines stay
+    for per_call in ("Backend response time", "Looping backend response", "[METRICS]"):
+        assert per_call not in ts_log
+    assert "Backend received inference" not in model_log
+    lines = [line for line in ts_log.splitlines() if line.startswith("20")]
+    assert lines and all(a != b for a, b in itertools.pairwise(lines)), "a line written twice"
+    # The metrics still reach the metrics port.
+    assert total(fetch_metrics(server.settings), "PredictionTime") > 0
