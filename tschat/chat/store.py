@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 from tschat.api.inference import ChatMessage
 from tschat.chat.conversation import (
@@ -997,20 +997,12 @@ def _tree_messages(raw: list[Any]) -> list[ImportedMessage]:
                 )
             parent = index_of[int(number)]
         role, text, stats = _message_fields(item, where)
-        state = item.get("state", "complete")
-        if state not in FINAL_STATES:
-            raise ConversationFileError(
-                f"{where}.state must be one of {', '.join(FINAL_STATES)}; got {_show(state)}."
-            )
-        if state != "complete" and role != "assistant":
-            raise ConversationFileError(f"{where} is a question; only answers have a state.")
-        shown_as = item.get("format", "text")
-        if shown_as not in ANSWER_FORMATS:
-            raise ConversationFileError(
-                f"{where}.format must be one of {', '.join(ANSWER_FORMATS)}; got {_show(shown_as)}."
-            )
-        if shown_as != "text" and role != "assistant":
-            raise ConversationFileError(f"{where} is a question; only answers have a format.")
+        state = cast(
+            FinalState, _answer_choice(item, "state", FINAL_STATES, "complete", role, where)
+        )
+        shown_as = cast(
+            AnswerFormat, _answer_choice(item, "format", ANSWER_FORMATS, "text", role, where)
+        )
         shown = item.get("shown", False)
         if not isinstance(shown, bool):
             raise ConversationFileError(f"{where}.shown must be true or false.")
@@ -1031,6 +1023,25 @@ def _tree_messages(raw: list[Any]) -> list[ImportedMessage]:
         else message
         for index, message in enumerate(messages)
     ]
+
+
+def _answer_choice(
+    item: Mapping[str, Any],
+    key: str,
+    choices: Sequence[str],
+    default: str,
+    role: Role,
+    where: str,
+) -> str:
+    """``item[key]``, one of ``choices``; anything but ``default`` only on an answer."""
+    value = item.get(key, default)
+    if value not in choices:
+        raise ConversationFileError(
+            f"{where}.{key} must be one of {', '.join(choices)}; got {_show(value)}."
+        )
+    if value != default and role != "assistant":
+        raise ConversationFileError(f"{where} is a question; only answers have a {key}.")
+    return str(value)
 
 
 def _message_fields(item: Mapping[str, Any], where: str) -> tuple[Role, str, AnswerStats | None]:
