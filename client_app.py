@@ -452,8 +452,9 @@ def conversations_section() -> None:
     st.text_input("Name", key=W_RENAME, on_change=on_rename)
     model = str(st.session_state.get(W_MODEL) or "")
     title = _slug(st.session_state[W_RENAME])
-    markdown, json_file, delete = st.columns(3)
-    markdown.download_button(
+    # A row that wraps: three columns of the sidebar's width cut the labels short.
+    row = st.container(horizontal=True)
+    row.download_button(
         "Markdown",
         store().export_markdown(conversation, model=model or None),
         file_name=f"{title}.md",
@@ -463,7 +464,7 @@ def conversations_section() -> None:
         key="w_download_md",
     )
     sampling, _ = read_sampling()
-    json_file.download_button(
+    row.download_button(
         "JSON",
         store().export_json(conversation, model=model or None, settings=sampling),
         file_name=f"{title}.json",
@@ -472,7 +473,7 @@ def conversations_section() -> None:
         on_click="ignore",
         key="w_download_json",
     )
-    delete.button(
+    row.button(
         "Delete",
         icon=":material/delete:",
         on_click=on_delete_conversation,
