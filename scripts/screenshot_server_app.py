@@ -100,7 +100,7 @@ def take(
         stop.set()
         traffic.join(timeout=180)
         time.sleep(5)  # one more refresh after the last answer
-        page.locator(".js-plotly-plot .scatterlayer .trace .points path").first.wait_for()
+        page.locator(".js-plotly-plot .scatterlayer .trace path.js-line").first.wait_for()
         output.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(output))
         print(f"Wrote {output}", flush=True)

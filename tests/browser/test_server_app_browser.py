@@ -93,8 +93,8 @@ def test_start_register_watch_and_stop(
         workers.get_by_text("READY", exact=True).wait_for(state="attached")
         pid = str(process.status(settings).worker_pids[0])
         assert pid in workers.locator("td").all_inner_texts()
-        # Plotly has drawn a line with points once two samples were taken.
-        page.locator(".js-plotly-plot .scatterlayer .trace .points path").first.wait_for()
+        # Plotly has drawn a line once two samples were taken.
+        page.locator(".js-plotly-plot .scatterlayer .trace path.js-line").first.wait_for()
         # Four charts once the fragment's rerun settles (while it reruns, the
         # previous run's elements can still be in the page beside the new ones).
         _count(page.locator(".js-plotly-plot"), 4)
