@@ -1,17 +1,20 @@
-"""The Experiments comparison, drawn by Plotly in chromium at the widths the console gives it.
+"""The console's figures, drawn by Plotly in chromium.
 
-At a 1280-pixel window the console draws the chart across its main column (about 780 pixels
-beside the sidebar); the figure must read there: no subplot title runs into another, into the
-legend or into an axis' labels, and every label lies inside the chart's box (none clipped).
+The Experiments comparison, at the widths the console gives it: at a 1280-pixel window the
+console draws the chart across its main column (about 780 pixels beside the sidebar); the figure
+must read there: no subplot title runs into another, into the legend or into an axis' labels,
+and every label lies inside the chart's box (none clipped). The live view's charts: lines, and
+a value between two gaps still shows.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import pandas as pd
 import pytest
 
-from apps.figures import COMPARISON_TITLES, comparison_figure
+from apps.figures import COMPARISON_TITLES, comparison_figure, metrics_figure
 from tschat.bench.experiments import Row, ServedConfig, standard_configs
 from tschat.bench.loadgen import Summary
 
@@ -97,3 +100,26 @@ def test_comparison_titles_and_labels_do_not_collide(browser: Browser, width: in
             assert not _overlap(title, label), (title, label)
     for label in [*labels, *titles]:
         assert _inside(label, boxes["chart"]), (label, boxes["chart"])
+
+
+def test_live_chart_draws_lines_and_shows_a_value_between_gaps(browser: Browser) -> None:
+    times = pd.date_range("2026-01-01", periods=6, freq="2s")
+    frame = pd.DataFrame(
+        {
+            "time": times,
+            "queue ms": [5.0, 6.0, 7.0, 6.0, 5.0, 6.0],  # every sample: a line
+            "handler ms": [None, None, 40.0, None, None, None],  # one request, then nothing
+        }
+    )
+    figure = metrics_figure(frame, "Latency per request (ms)", ("queue ms", "handler ms"))
+    page = browser.new_page(viewport={"width": 700, "height": 400})
+    try:
+        page.set_content(figure.to_html(include_plotlyjs=True, full_html=True))
+        traces = page.locator(".scatterlayer .trace")
+        traces.first.wait_for()
+        full, lone = traces.nth(0), traces.nth(1)
+        assert full.locator("path.js-line").count() == 1
+        assert full.locator(".points path").count() == 0  # no marker per point
+        assert lone.locator(".points path").count() == 1  # the lone value, as a marker
+    finally:
+        page.close()
