@@ -548,12 +548,35 @@ class LlamaEngine:
         return gen
 
     def _take_slot(self, gen: Generation) -> None:
-        # The lowest free slot: scattered KV sequences measured ~1.4x slower per batch step.
-        slot = min(self._free_ids)
+        slot = self._choose_slot(gen)
         self._free_ids.remove(slot)
         gen.seq_id = slot
         self._reuse_prefix(gen)
         self.active.append(gen)
+
+    def _choose_slot(self, gen: Generation) -> int:
+        """The free slot for ``gen``: the lowest, unless another free slot holds the beginning
+        of its prompt (the previous turn of the same chat, say) and taking it spreads the busy
+        slots no wider. A step costs more the wider the slots it covers (8 sequences in slots
+        0-7: 39 ms; in slots 0, 2, ..., 14: 84 ms); taking the slot that holds the cache saves
+        copying a whole cache stream into another (about 6 ms of the next step).
+        """
+        lowest = min(self._free_ids)
+        if gen._fork_of is not None:
+            return lowest  # it copies the answer it forks
+        limit = len(gen.prompt_tokens) - 1
+        best, holder = MIN_SHARED_PREFIX - 1, lowest
+        for slot in self._free_ids:
+            held = self._slot_tokens.get(slot)
+            if held is not None and self._may_share(gen, held[1]):
+                if (n := _common_prefix(gen.prompt_tokens, held[0], limit)) > best:
+                    best, holder = n, slot
+        busy = [other.seq_id for other in self.active]
+
+        def span(slot: int) -> int:
+            return max([*busy, slot]) - min([*busy, slot])
+
+        return holder if span(holder) <= span(lowest) else lowest
 
     def _may_share(self, gen: Generation, scope: str | None) -> bool:
         """Whether ``gen`` may reuse a cache computed for a request of ``scope``."""

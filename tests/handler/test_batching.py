@@ -66,6 +66,48 @@ def test_shared_prompt_beginnings_come_from_the_cache(harness: Harness) -> None:
     assert all(c == usage["prompt_tokens"] - 1 for c in cached), cached
 
 
+def test_a_chats_next_turn_takes_the_slot_that_holds_its_cache(harness: Harness) -> None:
+    llama = harness.handler.engine
+    greedy = Sampling(max_tokens=4, temperature=0)
+    first, second = (
+        llama.tokenize(f"Slot choice: say something about {topic} in one line.")
+        for topic in ("rivers", "mountains")
+    )
+    a, b = llama.start(first, greedy), llama.start(second, greedy)
+    for _ in llama.generate([a, b]):
+        pass
+    assert a.seq_id < b.seq_id
+    # b's chat goes on: its next prompt begins with everything b's slot holds.
+    follow = llama.start(second + llama.tokenize(" And one more line, please."), greedy)
+    try:
+        assert follow.seq_id == b.seq_id  # not the lower slot a left, which needs a copy
+        assert follow.cached_tokens == len(second)
+    finally:
+        llama.cancel(follow)
+
+
+def test_a_slot_holding_the_cache_is_not_taken_if_it_spreads_the_batch(harness: Harness) -> None:
+    llama = harness.handler.engine
+    prompts = [
+        llama.tokenize(f"Spread test {n}: write a long list of {n} things you can see outdoors.")
+        for n in ("five", "six", "seven")
+    ]
+    running = llama.start(prompts[0], Sampling(max_tokens=60, temperature=0, ignore_eos=True))
+    short = [llama.start(p, Sampling(max_tokens=1, temperature=0)) for p in prompts[1:]]
+    while not all(gen.finished for gen in short):
+        llama.step()
+    assert running.seq_id < short[0].seq_id < short[1].seq_id and not running.finished
+    # The last slot holds this prompt's beginning, but the slot after the running one keeps
+    # the busy slots together: take it and copy the cache there.
+    joining = llama.start(prompts[2] + llama.tokenize(" Ten more."), Sampling(max_tokens=1))
+    try:
+        assert joining.seq_id == short[0].seq_id
+        assert joining.cached_tokens == len(prompts[2])
+    finally:
+        llama.cancel(joining)
+        llama.cancel(running)
+
+
 def test_seeded_sampling_is_reproducible_inside_a_batch(harness: Harness) -> None:
     params = {"temperature": 0.9, "seed": 1234, "max_tokens": 24}
     alone = whole_text(harness, QUESTIONS[2], **params)[0]
