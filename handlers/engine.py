@@ -564,19 +564,31 @@ class LlamaEngine:
         lowest = min(self._free_ids)
         if gen._fork_of is not None:
             return lowest  # it copies the answer it forks
-        limit = len(gen.prompt_tokens) - 1
-        best, holder = MIN_SHARED_PREFIX - 1, lowest
-        for slot in self._free_ids:
-            held = self._slot_tokens.get(slot)
-            if held is not None and self._may_share(gen, held[1]):
-                if (n := _common_prefix(gen.prompt_tokens, held[0], limit)) > best:
-                    best, holder = n, slot
+        best, holder = self._longest_leftover(gen)
+        if best < MIN_SHARED_PREFIX:
+            return lowest
         busy = [other.seq_id for other in self.active]
 
         def span(slot: int) -> int:
             return max([*busy, slot]) - min([*busy, slot])
 
         return holder if span(holder) <= span(lowest) else lowest
+
+    def _longest_leftover(self, gen: Generation) -> tuple[int, int]:
+        """The longest beginning of ``gen``'s prompt (all but its last token) that a slot's
+        leftover cache holds and ``gen`` may reuse, and that slot (-1: none). These slots are
+        free, or the one ``gen`` has just taken; on a tie that one wins (it needs no copy), then
+        the lowest."""
+        limit = len(gen.prompt_tokens) - 1
+        best, holder = 0, -1
+        for slot in sorted(self._slot_tokens, key=lambda slot: (slot != gen.seq_id, slot)):
+            tokens, scope = self._slot_tokens[slot]
+            if (
+                self._may_share(gen, scope)
+                and (n := _common_prefix(gen.prompt_tokens, tokens, limit)) > best
+            ):
+                best, holder = n, slot
+        return best, holder
 
     def _may_share(self, gen: Generation, scope: str | None) -> bool:
         """Whether ``gen`` may reuse a cache computed for a request of ``scope``."""
@@ -602,10 +614,7 @@ class LlamaEngine:
                 gen._waiting_for = (fork, limit)
                 self._slot_tokens.pop(gen.seq_id, None)
             return
-        best, source = 0, -1
-        for slot, (tokens, scope) in self._slot_tokens.items():
-            if self._may_share(gen, scope) and (n := _common_prefix(prompt, tokens, limit)) > best:
-                best, source = n, slot
+        best, source = self._longest_leftover(gen)
         donor = None
         for other in self.active:
             if not self._may_share(gen, other.scope):
