@@ -52,7 +52,7 @@ def trace_mode(values: Sequence[float | None]) -> str:
     >>> trace_mode([5.0])
     'lines+markers'
     """
-    present = [v is not None and not pd.isna(v) for v in values]
+    present = [not pd.isna(v) for v in values]  # None and NaN are gaps
     for i, here in enumerate(present):
         before = i > 0 and present[i - 1]
         after = i + 1 < len(present) and present[i + 1]
