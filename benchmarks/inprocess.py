@@ -62,19 +62,27 @@ class InProcessResult:
 class InProcessBench:
     """One loaded engine with room for ``max_sequences``, and the handler's prompt format."""
 
-    def __init__(self, model_path: Path, n_threads: int, max_sequences: int, n_ctx: int = 2048):
+    def __init__(
+        self,
+        model_path: Path,
+        n_threads: int,
+        max_sequences: int,
+        n_ctx: int = 2048,
+        **engine_options: Any,
+    ):
+        """``engine_options``: other EngineConfig fields (``prefill_chunk=64``), else defaults."""
         worker_thread_env()
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         self.engine_mod = handler_module("engine")
-        self.engine = self.engine_mod.LlamaEngine(
-            self.engine_mod.EngineConfig(
-                model_path=str(model_path),
-                n_ctx=n_ctx,
-                n_threads=n_threads,
-                max_sequences=max_sequences,
-            )
+        config = self.engine_mod.EngineConfig(
+            model_path=str(model_path),
+            n_ctx=n_ctx,
+            n_threads=n_threads,
+            max_sequences=max_sequences,
+            **engine_options,
         )
+        self.engine = self.engine_mod.LlamaEngine(config)
         template = self.engine.metadata("tokenizer.chat_template")
         self.formatter = Jinja2ChatFormatter(
             template=template,

@@ -145,7 +145,7 @@ class LlamaCppHandler:
                 n_threads=int(config.get("n_threads", 2)),
                 n_gpu_layers=int(config.get("n_gpu_layers", -1)),
                 max_sequences=max(batch_size, int(config.get("max_sequences", 1))),
-                n_batch=int(config.get("n_batch", 512)),
+                n_batch=int(config.get("n_batch", EngineConfig.n_batch)),
                 # TorchServe hands each worker a GPU id: worker N runs whole on GPU N, unless the
                 # config splits the model over several devices.
                 main_gpu=int(config.get("main_gpu", gpu_id if gpu_id is not None else 0) or 0),

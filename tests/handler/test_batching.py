@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import engine
+from conftest import load_handler
 from contract import Sampling
 from test_handler import CHAT, chat, streamed_text
 from worker_harness import Harness, Prediction
@@ -106,6 +108,25 @@ def test_a_slot_holding_the_cache_is_not_taken_if_it_spreads_the_batch(harness: 
     finally:
         llama.cancel(joining)
         llama.cancel(running)
+
+
+def test_n_batch_in_the_model_config_bounds_the_tokens_of_each_step(tmp_path: Path) -> None:
+    small = load_handler(tmp_path, handler={"n_batch": 64})
+    llama = small.handler.engine
+    try:
+        assert llama.config.n_batch == 64
+        prompt = llama.tokenize("Chunks: " + "one two three four five six seven eight " * 40)
+        gen = llama.start(prompt, Sampling(max_tokens=1, temperature=0))
+        per_step = []
+        while not gen.finished:
+            before = llama.times.tokens
+            llama.step()
+            per_step.append(llama.times.tokens - before)
+        # The prompt goes through in 64-token pieces (its rest last), with nothing cached.
+        assert len(prompt) > 4 * 64 and sum(per_step) == len(prompt)
+        assert per_step == [64] * (len(prompt) // 64) + [len(prompt) % 64] * (len(prompt) % 64 > 0)
+    finally:
+        llama.close()
 
 
 def test_seeded_sampling_is_reproducible_inside_a_batch(harness: Harness) -> None:
