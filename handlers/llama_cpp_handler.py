@@ -135,15 +135,15 @@ class LlamaCppHandler:
         gpu_id = props.get("gpu_id")
         rpc_servers = tuple(str(server) for server in config.get("rpc_servers") or ())
         one_gpu = gpu_id is not None and int(gpu_id) >= 0 and not rpc_servers
-        prefix_cache = config.get("prefix_cache", engine.CACHE_SHARED)
+        prefix_cache = config.get("prefix_cache", EngineConfig.prefix_cache)
         if isinstance(prefix_cache, bool):  # the earlier true/false form
             prefix_cache = engine.CACHE_SHARED if prefix_cache else engine.CACHE_OFF
         self.engine = LlamaEngine(
             EngineConfig(
                 model_path=model_path,
-                n_ctx=int(config.get("n_ctx", 2048)),
-                n_threads=int(config.get("n_threads", 2)),
-                n_gpu_layers=int(config.get("n_gpu_layers", -1)),
+                n_ctx=int(config.get("n_ctx", EngineConfig.n_ctx)),
+                n_threads=int(config.get("n_threads", EngineConfig.n_threads)),
+                n_gpu_layers=int(config.get("n_gpu_layers", EngineConfig.n_gpu_layers)),
                 max_sequences=max(batch_size, int(config.get("max_sequences", 1))),
                 n_batch=int(config.get("n_batch", EngineConfig.n_batch)),
                 # TorchServe hands each worker a GPU id: worker N runs whole on GPU N, unless the
@@ -152,7 +152,7 @@ class LlamaCppHandler:
                 rpc_servers=rpc_servers,
                 split_mode=str(config.get("split_mode", "none" if one_gpu else "layer")),
                 tensor_split=tuple(float(x) for x in config.get("tensor_split") or ()),
-                kv_unified=bool(config.get("kv_unified", False)),
+                kv_unified=bool(config.get("kv_unified", EngineConfig.kv_unified)),
                 prefix_cache=str(prefix_cache),
             )
         )
