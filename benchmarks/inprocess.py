@@ -70,7 +70,7 @@ class InProcessBench:
         n_ctx: int = 2048,
         **engine_options: Any,
     ):
-        """``engine_options``: other EngineConfig fields (``prefill_chunk=64``), else defaults."""
+        """``engine_options``: other EngineConfig fields (``n_batch=128``), else the defaults."""
         worker_thread_env()
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
