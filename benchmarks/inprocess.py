@@ -107,6 +107,10 @@ class InProcessBench:
         )
         return tokens
 
+    def warm_up(self, prompt: str, slots: int, repeat_penalty: float = 1.0) -> None:
+        """A short answer in each of ``slots``: first-call allocations stay out of the figures."""
+        self.run([Turn(prompt, 4)] * slots, slots, repeat_penalty)
+
     def run(
         self,
         turns: Sequence[Turn],
@@ -162,8 +166,7 @@ def measure(
 ) -> InProcessResult:
     """Run ``turns`` through ``slots`` sequences after a short warm-up; the figures."""
     with InProcessBench(model_path, n_threads, max_sequences=slots) as bench:
-        # Warm-up: first-call allocations stay out of the figures.
-        bench.run([Turn(turns[0].user, 4)] * slots, slots, repeat_penalty)
+        bench.warm_up(turns[0].user, slots, repeat_penalty)
         records = bench.run(turns, slots, repeat_penalty)
     name = "in-process single stream" if slots == 1 else f"in-process batch of {slots}"
     return InProcessResult(name, slots, tuple(records), summarize(records))

@@ -63,8 +63,8 @@ def measure(
             )
             for size in sizes
         }
-        for bench in benches.values():  # warm-up: first-call allocations stay out
-            bench.run([Turn(turns[0].user, 4)] * sequences, sequences)
+        for bench in benches.values():
+            bench.warm_up(turns[0].user, sequences)
         for round_no in range(rounds):
             order = list(sizes) if round_no % 2 == 0 else list(reversed(sizes))
             for size in order:

@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{'batch':>5}  {'free text':>10}  {'JSON schema':>11}  {'ratio':>6}")
     for sequences in (1, 8):
         with InProcessBench(model, args.threads, max_sequences=sequences) as bench:
-            bench.run([Turn(PROMPT, 4)] * sequences, sequences)  # warm-up
+            bench.warm_up(PROMPT, sequences)
             free = per_token_ms(bench, sequences, rounds, None)
             schema = per_token_ms(bench, sequences, rounds, grammar)
         print(f"{sequences:>5}  {free:>10.2f}  {schema:>11.2f}  {schema / free:>5.2f}x")
