@@ -72,7 +72,8 @@ def measure_inprocess(plan: Plan, model: Path) -> list[Row]:
         (plan.batch, plan.inproc_batch_repeats, INPROC_BATCH),
     ):
         turns = [Turn(plan.load.prompt, plan.load.max_tokens)] * (sequences * repeats)
-        result = inprocess.measure(model, plan.threads, turns, sequences)
+        # Every request asks the same prompt, served or not: the warm-up asks it too.
+        result = inprocess.measure(model, plan.threads, turns, sequences, warm_up=plan.load.prompt)
         row = Row(
             kind,
             result.name,

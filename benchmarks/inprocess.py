@@ -1,14 +1,15 @@
 """The limits without a server: the handler's engine driven directly, in this process.
 
-The same requests a load sends, with no HTTP, no TorchServe and no JSON in between: prompts
-formatted and tokenized as the handler does, then run as a closed loop of ``slots`` sequences,
-a new request taking a slot the moment one ends, every active sequence decoded in one
-``llama_decode`` per step. One slot gives the single-stream limit (the tokens/s and time to
-first token of one user); eight the batched limit (the most tokens/s a batch of eight gives on
-these requests).
+The same requests a load sends, by the same clients, with no HTTP, no TorchServe and no JSON in
+between: prompts formatted and tokenized as the handler does, then each client's share of them
+sent in order (as the load generator's clients send theirs), a client's next request starting
+the moment its last one ends, every active sequence decoded in one ``llama_decode`` per step.
+One client gives the single-stream limit (the tokens/s and time to first token of one user);
+eight the batched limit (the most tokens/s eight users get from a batch on these requests).
 
 Throughput counts the whole request, prefill included, exactly as the load generator does for
-the served model, so the ratios compare like with like.
+the served model, and the engine is warmed up on the prompt the servers are warmed up with, so
+the ratios compare like with like.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tschat import contract
-from tschat.bench.loadgen import RequestRecord, Summary, summarize
+from tschat.bench.loadgen import RequestRecord, Summary, client_shares, summarize
 from tschat.bench.scenarios import Turn
 from tschat.ops import process
 
@@ -114,21 +115,29 @@ class InProcessBench:
     def run(
         self,
         turns: Sequence[Turn],
-        slots: int,
+        clients: int,
         repeat_penalty: float = 1.0,
         seed: int = 1,
         grammar: str | None = None,
         ignore_eos: bool = False,
     ) -> list[RequestRecord]:
-        """Run ``turns`` (one-turn requests) greedily, ``slots`` at a time; one record each."""
-        queue = list(enumerate(turns))
+        """Run ``turns`` (one-turn requests) greedily for ``clients`` clients; one record each.
+
+        The clients are the load generator's (``client_shares``): each sends its share of the
+        turns in order, the next as soon as the one before ends, so at most ``clients``
+        sequences decode at once, and a client whose share is done leaves its slot empty.
+        """
+        waiting = [[turns[n] for n in share] for share in client_shares(len(turns), clients)]
         t0 = time.perf_counter()
-        active: dict[int, tuple[int, float, list[float]]] = {}  # id(gen) -> (n, started, times)
-        gens: dict[int, Any] = {}
+        # id(gen) -> (its client, when it started, when each piece of text came)
+        active: dict[int, tuple[int, float, list[float]]] = {}
+        gens: dict[int, Any] = {}  # keeps each active generation, and so its id, alive
         records: list[RequestRecord] = []
 
-        def start_next() -> None:
-            n, turn = queue.pop(0)
+        def start_next(client: int) -> None:
+            if not waiting[client]:
+                return
+            turn = waiting[client].pop(0)
             # Formatting and tokenizing are part of a request's cost, as in the handler.
             begin = time.perf_counter() - t0
             params = contract.Sampling(
@@ -139,34 +148,46 @@ class InProcessBench:
                 ignore_eos=ignore_eos,
             )
             gen = self.engine.start(self.prompt_tokens(turn.user), params, grammar=grammar)
-            active[id(gen)] = (n, begin, [])
+            active[id(gen)] = (client, begin, [])
             gens[id(gen)] = gen
 
-        while queue and len(active) < slots:
-            start_next()
+        for client in range(clients):
+            start_next(client)
         while active:
             changed = self.engine.step()
             now = time.perf_counter() - t0
+            ended = []
             for gen in changed:
-                n, begin, times = active[id(gen)]
+                client, begin, times = active[id(gen)]
                 if gen.take_delta():
                     times.append(now)
                 if gen.finished:
                     del active[id(gen)], gens[id(gen)]
                     records.append(
-                        RequestRecord(n % slots, begin, now, tuple(times), gen.completion_tokens)
+                        RequestRecord(client, begin, now, tuple(times), gen.completion_tokens)
                     )
-            while queue and len(active) < slots:
-                start_next()
+                    ended.append(client)
+            for client in ended:
+                start_next(client)
         return sorted(records, key=lambda r: r.started)
 
 
 def measure(
-    model_path: Path, n_threads: int, turns: Sequence[Turn], slots: int, repeat_penalty: float = 1.0
+    model_path: Path,
+    n_threads: int,
+    turns: Sequence[Turn],
+    slots: int,
+    repeat_penalty: float = 1.0,
+    *,
+    warm_up: str,
 ) -> InProcessResult:
-    """Run ``turns`` through ``slots`` sequences after a short warm-up; the figures."""
+    """Run ``turns`` for ``slots`` clients, a sequence each, after a warm-up on ``warm_up``.
+
+    ``warm_up`` is the prompt the served side was warmed up with: a measured prompt would find
+    its whole prompt cached and start at once, which no served request does.
+    """
     with InProcessBench(model_path, n_threads, max_sequences=slots) as bench:
-        bench.warm_up(turns[0].user, slots, repeat_penalty)
+        bench.warm_up(warm_up, slots, repeat_penalty)
         records = bench.run(turns, slots, repeat_penalty)
     name = "in-process single stream" if slots == 1 else f"in-process batch of {slots}"
     return InProcessResult(name, slots, tuple(records), summarize(records))

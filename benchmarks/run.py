@@ -8,7 +8,8 @@
 One run, one model, the same threads throughout:
 
 1. in-process (no server, :mod:`benchmarks.inprocess`): the requests of the 1-client and the
-   8-client distinct cells run through the engine directly, one slot and eight slots;
+   8-client distinct cells run through the engine directly, by one client and by eight, each
+   sending the share it sends in the served cell, after the servers' warm-up prompt;
 2. our server: a TorchServe of its own (free loopback ports, a temporary directory) serving an
    archive packaged with the default archive's configuration, read from ``model-config.yaml``
    (continuous batching, batch 16, 1 worker, 2 threads);
@@ -66,6 +67,17 @@ MODEL_CONFIG = REPO_ROOT / "model-config.yaml"
 REPEAT_PENALTY = 1.0  # greedy without penalties: llama-server's default, sent to both servers
 SERVED_NAME = "tschat"
 WARMUP = LoadSpec(clients=4, requests=8, max_tokens=16)  # the first prefills, the JIT
+
+
+def warm_up_prompt() -> str:
+    """The prompt the servers are warmed up with, which no measured cell asks.
+
+    >>> plan = build_plan(parse_args([]))
+    >>> cells = [plan.spec(*cell).conversations() for cell in plan.cells()]
+    >>> warm_up_prompt() in {turn.user for chats in cells for chat in chats for turn in chat.turns}
+    False
+    """
+    return WARMUP.conversations()[0].turns[0].user
 
 
 def default_config(path: Path = MODEL_CONFIG) -> tuple[ServedConfig, int]:
@@ -142,7 +154,9 @@ def measure_limits(plan: PeerPlan, model: Path) -> list[Cell]:
     cells = []
     for slots, kind in ((1, INPROC_SINGLE), (BATCH_LIMIT_SLOTS, INPROC_BATCH)):
         turns = [c.turns[0] for c in plan.limit_spec(slots).conversations()]
-        result = inprocess.measure(model, plan.config.threads, turns, slots, REPEAT_PENALTY)
+        result = inprocess.measure(
+            model, plan.config.threads, turns, slots, REPEAT_PENALTY, warm_up=warm_up_prompt()
+        )
         cells.append(
             Cell(kind, DISTINCT, slots, result.summary, load=os.getloadavg()[0], label=result.name)
         )

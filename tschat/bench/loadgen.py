@@ -295,18 +295,24 @@ def ttft_by_turn(records: Sequence[RequestRecord], q: float = 50) -> dict[int, f
     return {turn: _ms(percentile(turns[turn], q)) for turn in sorted(turns)}
 
 
-def client_quotas(requests: int, clients: int) -> list[int]:
-    """Requests per client: as even as possible, the first clients taking the remainder.
+def client_shares(requests: int, clients: int) -> list[range]:
+    """Which requests each client sends, in order: as even as possible, the first clients taking
+    the remainder.
 
-    Fixed quotas keep arrivals as specified: a fast client does not take a slow one's turn.
+    Fixed shares keep arrivals as specified: a fast client does not take a slow one's turn.
 
-    >>> client_quotas(10, 4)
-    [3, 3, 2, 2]
-    >>> client_quotas(2, 3)
+    >>> [list(r) for r in client_shares(10, 4)]
+    [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]
+    >>> [len(r) for r in client_shares(2, 3)]
     [1, 1, 0]
     """
     share, extra = divmod(requests, clients)
-    return [share + (1 if i < extra else 0) for i in range(clients)]
+    shares, start = [], 0
+    for i in range(clients):
+        end = start + share + (1 if i < extra else 0)
+        shares.append(range(start, end))
+        start = end
+    return shares
 
 
 def make_prompt(words: int = 0, instruction: str = DEFAULT_INSTRUCTION) -> str:
@@ -380,8 +386,7 @@ def run_target(
     """
     check_loopback(target.base_url)
     conversations = spec.conversations()
-    quotas = client_quotas(len(conversations), spec.clients)
-    shares = [sum(quotas[:i]) for i in range(spec.clients + 1)]
+    shares = client_shares(len(conversations), spec.clients)
     lock = threading.Lock()
     records: list[RequestRecord] = []
     streams = _OpenStreams()
@@ -399,7 +404,7 @@ def run_target(
                 cancel.wait(delay)
             elif delay > 0:
                 time.sleep(delay)
-            for number in range(shares[index], shares[index + 1]):
+            for number in shares[index]:
                 history: list[ChatMessage] = []
                 for turn_number, turn in enumerate(conversations[number].turns, 1):
                     if stopped():
