@@ -52,6 +52,12 @@ logger = logging.getLogger(__name__)
 WORKER_INFO_MARK = "llama.cpp worker ready:"
 PROFILE_MARK = "worker step profile:"
 PROFILE_EVERY_S = 10.0  # and whenever the worker falls idle
+# TorchServe's metric of each handler call (one decode step in continuous batching): written as
+# the mean of the calls in each second, and when the worker falls idle.
+PREDICTION_TIME = "PredictionTime"
+PREDICTION_TIME_EVERY_S = 1.0
+# What TorchServe's worker logs on every call, before the call reaches the handler.
+PER_CALL_LOG_LINE = "Backend received inference at"
 SSE_TYPE = "text/event-stream; charset=utf-8"
 JSON_TYPE = "application/json"
 TEXT_TYPE = "text/plain; charset=utf-8"
@@ -179,6 +185,7 @@ class LlamaCppHandler:
         self._seeds = random.Random(None if seed in (None, -1) else int(seed))
         self.info = self.engine.describe()
         self._metrics = _HandlerMetrics(context, self.model_name)
+        _quiet_per_call_output(context, idle=self._idle)
         # One line per worker that the console reads to show backend, devices and layers.
         logger.info("%s %s", WORKER_INFO_MARK, json.dumps({**self.info, "pid": os.getpid()}))
         self.initialized = True
@@ -193,10 +200,14 @@ class LlamaCppHandler:
             return self._handle_batch(data, context)
         finally:
             assert self.engine is not None
-            idle = not self.engine.active and not self.engine.queue
-            if self._calls.end(idle, PROFILE_EVERY_S):
+            if self._calls.end(self._idle(), PROFILE_EVERY_S):
                 profile = {**self._calls.as_dict(), **self.engine.times.as_dict()}
                 logger.info("%s %s", PROFILE_MARK, json.dumps(profile))
+
+    def _idle(self) -> bool:
+        """Whether nothing is being decoded or waiting for a slot."""
+        assert self.engine is not None
+        return not self.engine.active and not self.engine.queue
 
     def _admit(self, idx: int, row: dict[str, Any], context: Any, results: list[Any]) -> Job | None:
         """Start a request, or answer it at once (refused, or a route without decoding)."""
@@ -666,6 +677,58 @@ class LlamaCppHandler:
         context.set_response_content_type(idx, JSON_TYPE)
         results[idx] = json.dumps(err.body()).encode("utf-8")
         self._metrics.refused()
+
+
+def _quiet_per_call_output(context: Any, idle: Callable[[], bool]) -> None:
+    """Keep TorchServe's worker from writing two lines to the frontend on every call.
+
+    The worker's output goes to the frontend, which reads and parses every line. In continuous
+    batching there is a call per decode step, and on each the worker logs that it received one
+    and then writes the call's ``PredictionTime`` metric: about 0.5 ms a token of Python and
+    Java CPU, some of it taken from llama.cpp's threads. The first line is dropped at its source;
+    the metric is written as the mean of the calls in each second, and when the worker falls
+    idle (so after every call in dynamic batching, where a call is a whole batch).
+    """
+    root = logging.getLogger()  # where TorchServe's worker logs that line
+    if not any(isinstance(f, _DropLine) for f in root.filters):
+        root.addFilter(_DropLine(PER_CALL_LOG_LINE))
+    metrics = context.metrics
+    metrics.add_time = _MeanPredictionTime(metrics.add_time, idle, PREDICTION_TIME_EVERY_S)
+
+
+class _DropLine(logging.Filter):
+    """Drops the log records whose message starts with ``start``."""
+
+    def __init__(self, start: str) -> None:
+        super().__init__()
+        self.start = start
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.start)
+
+
+class _MeanPredictionTime:
+    """Stands in for TorchServe's ``metrics.add_time``: ``PredictionTime`` as a mean per
+    ``every_s`` (and when ``idle()``), every other timed metric passed on as it comes."""
+
+    def __init__(self, add_time: Callable[..., None], idle: Callable[[], bool], every_s: float):
+        self.add_time = add_time
+        self.idle = idle
+        self.every_s = every_s
+        self.total_ms = 0.0
+        self.calls = 0
+        self.since = time.monotonic()
+
+    def __call__(self, name: str, value: float, *args: Any, **kwargs: Any) -> None:
+        if name != PREDICTION_TIME:
+            self.add_time(name, value, *args, **kwargs)
+            return
+        self.total_ms += value
+        self.calls += 1
+        now = time.monotonic()
+        if now - self.since >= self.every_s or self.idle():
+            self.add_time(name, round(self.total_ms / self.calls, 2), *args, **kwargs)
+            self.total_ms, self.calls, self.since = 0.0, 0, now
 
 
 class _CallTimes:
