@@ -82,6 +82,8 @@ CACHE_OFF = "off"
 CACHE_SCOPES = (CACHE_SHARED, CACHE_PER_USER, CACHE_OFF)
 
 # llama_token_data as numpy sees it, for sampling from a candidate array built in place.
+# Beyond this many tokens a top-k in front of the penalties sorts more than the penalties save.
+MAX_KEPT_BEFORE_PENALTIES = 1024
 TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
 
 
@@ -278,6 +280,35 @@ def _common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
 
 def _penalised(p: Sampling) -> bool:
     return p.repeat_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
+
+
+def _penalties_only_lower(p: Sampling) -> bool:
+    """Whether the penalties can only lower a logit (never raise a seen token above others)."""
+    return p.repeat_penalty >= 1.0 and p.frequency_penalty >= 0.0 and p.presence_penalty >= 0.0
+
+
+def _kept_before_penalties(p: Sampling) -> int:
+    """How many of the likeliest tokens the penalties need to see, 0 for the whole vocabulary.
+
+    Penalties change only the last ``repeat_last_n`` tokens' logits. When they can only lower
+    them, the ``k`` likeliest tokens after the penalties are among the ``k + repeat_last_n``
+    likeliest before, so a top-k of that many in front of the penalties picks exactly what the
+    whole vocabulary would, while the penalties look up ~100 tokens instead of every one.
+
+    >>> _kept_before_penalties(Sampling(temperature=0.8, top_k=40, repeat_penalty=1.1))
+    104
+    >>> _kept_before_penalties(Sampling(temperature=0.0, repeat_penalty=1.1))  # greedy: k = 1
+    65
+    >>> _kept_before_penalties(Sampling(temperature=0.8, top_k=0, repeat_penalty=1.1))  # no k
+    0
+    >>> _kept_before_penalties(Sampling(temperature=0.8, repeat_penalty=0.9))  # may raise one
+    0
+    """
+    k = 1 if p.temperature <= 0 else p.top_k
+    if k <= 0 or not _penalties_only_lower(p):
+        return 0
+    kept = k + p.repeat_last_n
+    return kept if kept <= MAX_KEPT_BEFORE_PENALTIES else 0
 
 
 def _only_greedy(p: Sampling) -> bool:
@@ -935,6 +966,8 @@ class LlamaEngine:
             )
             add(chain, llama_cpp.llama_sampler_init_logit_bias(self.n_vocab, len(bias), entries))
         if _penalised(p):
+            if kept := _kept_before_penalties(p):
+                add(chain, llama_cpp.llama_sampler_init_top_k(kept))
             add(
                 chain,
                 llama_cpp.llama_sampler_init_penalties(
