@@ -46,15 +46,15 @@ from structured import ParsedCall, ToolCallReader, output_grammar, tool_call_gra
 from ts.metrics.metric_cache_errors import MetricsCacheKeyError
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.protocol.otf_message_handler import create_predict_response
+from ts.service import PREDICTION_METRIC
 
 logger = logging.getLogger(__name__)
 
 WORKER_INFO_MARK = "llama.cpp worker ready:"
 PROFILE_MARK = "worker step profile:"
 PROFILE_EVERY_S = 10.0  # and whenever the worker falls idle
-# TorchServe's metric of each handler call (one decode step in continuous batching): written as
-# the mean of the calls in each second, and when the worker falls idle.
-PREDICTION_TIME = "PredictionTime"
+# TorchServe's metric of each handler call (PREDICTION_METRIC, one decode step in continuous
+# batching): written as the mean of the calls in each second, and when the worker falls idle.
 PREDICTION_TIME_EVERY_S = 1.0
 # What TorchServe's worker logs on every call, before the call reaches the handler.
 PER_CALL_LOG_LINE = "Backend received inference at"
@@ -720,7 +720,7 @@ class _MeanPredictionTime:
         self.since = time.monotonic()
 
     def __call__(self, name: str, value: float, *args: Any, **kwargs: Any) -> None:
-        if name != PREDICTION_TIME:
+        if name != PREDICTION_METRIC:
             self.add_time(name, value, *args, **kwargs)
             return
         self.total_ms += value
