@@ -13,7 +13,7 @@ from tschat.bench.experiments import Row, peak_total
 # Columns of MetricsHistory.rows(), grouped as the console charts them.
 CHARTS: dict[str, tuple[str, ...]] = {
     "Requests per second": ("requests/s",),
-    "Latency per request (ms)": ("queue ms", "handler ms", "total ms"),
+    "Latency (ms)": ("queue ms", "handler call ms", "total ms"),
     "Tokens per second": ("generated tokens/s", "decode tokens/s (last request)"),
     "Time to first token (ms)": ("time to first token ms",),
 }

@@ -108,10 +108,10 @@ def test_live_chart_draws_lines_and_shows_a_value_between_gaps(browser: Browser)
         {
             "time": times,
             "queue ms": [5.0, 6.0, 7.0, 6.0, 5.0, 6.0],  # every sample: a line
-            "handler ms": [None, None, 40.0, None, None, None],  # one request, then nothing
+            "handler call ms": [None, None, 40.0, None, None, None],  # one request, then nothing
         }
     )
-    figure = metrics_figure(frame, "Latency per request (ms)", ("queue ms", "handler ms"))
+    figure = metrics_figure(frame, "Latency (ms)", ("queue ms", "handler call ms"))
     page = browser.new_page(viewport={"width": 700, "height": 400})
     try:
         page.set_content(figure.to_html(include_plotlyjs=True, full_html=True))

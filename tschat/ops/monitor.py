@@ -144,7 +144,7 @@ class MetricsHistory:
         >>> row = history.rows()[0]
         >>> row["requests/s"], row["queue ms"], row["total ms"], row["generated tokens/s"]
         (2.0, 50.0, 500.0, 40.0)
-        >>> row["time to first token ms"], row["handler ms"]
+        >>> row["time to first token ms"], row["handler call ms"]
         (150.0, 300.0)
         >>> quiet = t + timedelta(seconds=4)  # nothing finished in the last 2 s
         >>> history.add(MetricsSnapshot(quiet, 14, 1.2e6, 11e6, 180, 70, 150.0, 25.0, 300.0))
@@ -179,7 +179,7 @@ class MetricsHistory:
                     "time": after.at,
                     "requests/s": done / seconds,
                     "queue ms": _per(after.queue_us - before.queue_us, done),
-                    "handler ms": after.prediction_ms if finished else None,
+                    "handler call ms": after.prediction_ms if finished else None,
                     "total ms": _per(after.inference_us - before.inference_us, done),
                     "generated tokens/s": (after.generated_tokens - before.generated_tokens)
                     / seconds,
