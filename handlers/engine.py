@@ -82,7 +82,10 @@ CACHE_OFF = "off"
 CACHE_SCOPES = (CACHE_SHARED, CACHE_PER_USER, CACHE_OFF)
 
 # llama_token_data as numpy sees it, for sampling from a candidate array built in place.
-# Beyond this many tokens a top-k in front of the penalties sorts more than the penalties save.
+# The most tokens a top-k in front of the penalties keeps. A top-k costs more the more it keeps:
+# per token, one sequence, 80-104 us keeping 104 (the defaults) against 178-207 us for the whole
+# vocabulary, 155-206 us keeping 1,024 against 215-222 us. Beyond that it saves little, and near
+# the vocabulary's size it is a full sort (repeat_last_n may be up to a million).
 MAX_KEPT_BEFORE_PENALTIES = 1024
 TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
 
