@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -303,3 +304,37 @@ def test_logs_hold_each_line_once_and_no_line_per_call(torchserve_server: TorchS
     assert lines and all(a != b for a, b in itertools.pairwise(lines)), "a line written twice"
     # The metrics still reach the metrics port.
     assert total(fetch_metrics(server.settings), "PredictionTime") > 0
+
+
+def _jvm_counter(pid: int, name: str) -> int:
+    """One long counter from a HotSpot JVM's performance data (what jstat reads), by name."""
+    data = Path(f"/tmp/hsperfdata_{psutil.Process(pid).username()}/{pid}").read_bytes()
+    assert data[:4] == b"\xca\xfe\xc0\xc0", "not a HotSpot performance data file"
+    order = "<" if data[4] == 1 else ">"
+    at, count = struct.unpack_from(order + "II", data, 24)  # first entry, number of entries
+    for _ in range(count):
+        length, name_at, vector_length, kind, data_at = struct.unpack_from(
+            order + "IIIB3xI", data, at
+        )
+        end = data.index(b"\0", at + name_at)
+        if data[at + name_at : end].decode() == name and kind == ord("J") and not vector_length:
+            return int(struct.unpack_from(order + "q", data, at + data_at)[0])
+        at += length
+    raise KeyError(name)
+
+
+def test_the_frontend_starts_no_thread_per_call(torchserve_server: TorchServeServer) -> None:
+    """TorchServe hands each call to the worker to CompletableFuture.runAsync, which starts a new
+    thread for every call when the JVM's common pool has a single thread, as on two cores. In
+    continuous batching that is a thread per generated token. process.JVM_ARGS gives the pool
+    two threads on any machine."""
+    server = torchserve_server
+    frontend = process.status(server.settings).pid
+    assert frontend is not None
+    question = [{"role": "user", "content": "Count from one to thirty."}]
+    before = _jvm_counter(frontend, "java.threads.started")
+    stream = server.inference.chat_stream(server.model, question, max_tokens=40, temperature=0)
+    chunks = sum(1 for delta in stream.deltas() if delta.text)
+    started = _jvm_counter(frontend, "java.threads.started") - before
+    assert chunks >= 20
+    assert started < 5, f"{started} Java threads started for {chunks} streamed tokens"

@@ -82,7 +82,11 @@ def test_config_content(settings: Settings) -> None:
     assert values["job_queue_size"] == "7"
     assert values["max_request_size"] == "123456"
     assert values["token_expiration_min"] == "15"
-    assert values["vmargs"] == "-Xmx1g -XX:+UseContainerSupport"
+    assert values["vmargs"].split() == [
+        "-Xmx1g",
+        "-XX:+UseContainerSupport",
+        "-Djava.util.concurrent.ForkJoinPool.common.parallelism=2",  # not a thread per call
+    ]
     assert values["default_response_timeout"] == "99"
     assert values["disable_system_metrics"] == "false"
     assert "disable_token_authorization" not in values

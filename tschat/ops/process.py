@@ -46,7 +46,18 @@ from tschat.errors import (
 from tschat.settings import Settings
 
 FRONTEND_CLASS = "org.pytorch.serve.ModelServer"
-JVM_ARGS = "-Xmx1g -XX:+UseContainerSupport"
+# TorchServe's worker thread hands each call's request to CompletableFuture.runAsync, which starts
+# a new Java thread for every call when the JVM's common pool has one thread (its default on two
+# cores). In continuous batching that is a thread per generated token. Two pool threads, one
+# client, two cores: 0.78 ms instead of 1.01-1.05 ms between handler calls, 0.92 ms instead of
+# 1.29-1.31 ms of frontend CPU a token, 91.5-94.1 instead of 87.6-89.2 tokens/s.
+JVM_ARGS = " ".join(
+    (
+        "-Xmx1g",
+        "-XX:+UseContainerSupport",
+        "-Djava.util.concurrent.ForkJoinPool.common.parallelism=2",
+    )
+)
 MIN_JAVA = 17
 LogName = Literal[
     "ts_log.log",
