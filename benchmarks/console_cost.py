@@ -40,12 +40,12 @@ if __package__ in (None, ""):  # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from apps.browser import chromium, start_app, stop_app
-from benchmarks.run import WARMUP, default_config
+from benchmarks.run import default_config, warm_up
 from benchmarks.servers import RESULTS, private_torchserve, stop_on_signals
 from tschat.api.keys import KeyStore
 from tschat.api.metrics import fetch_metrics
 from tschat.bench.experiments import package_config, register_config
-from tschat.bench.loadgen import LoadSpec, format_summary, run_load
+from tschat.bench.loadgen import LoadSpec, Target, format_summary, run_load
 from tschat.bench.scenarios import DISTINCT
 from tschat.ops import monitor, process, store
 from tschat.ops.serving import ServingRegistry
@@ -297,7 +297,7 @@ def measure(
         workers = register_config(registry, config, archive, settings.model_name)
         frontend = process.status(settings).pid
         assert frontend is not None
-        run_load(settings.inference_url, keys, settings.model_name, WARMUP)
+        warm_up(Target.torchserve(settings.inference_url, keys, settings.model_name))
         out(f"\n1. Each read of a live-view refresh, {args.calls} calls on an idle server:")
         for name, read in the_reads(settings).items():
             out(measure_read(name, read, frontend, workers, args.calls).line())
