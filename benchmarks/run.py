@@ -69,7 +69,7 @@ SERVED_NAME = "tschat"
 # What each server answers before any cell is measured, in order: the first prefills, four at
 # once; then one long stream. TorchServe's Java frontend handles a call per generated token and
 # its JIT compiler takes thousands of calls to compile that path: with one client the round trip
-# between handler calls was 1.4 ms a token in the first 600 calls, 0.86-0.95 ms from 1,500 to
+# between handler calls was 1.4 ms a token in the first 600 calls, 0.81-0.95 ms from 1,500 to
 # 6,000 and 0.70-0.79 ms after 7,000. The stream (about 7,700 calls) brings it there.
 WARMUP = (
     LoadSpec(clients=4, requests=8, max_tokens=16),
