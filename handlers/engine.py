@@ -307,7 +307,7 @@ def _kept_before_penalties(p: Sampling) -> int:
     >>> _kept_before_penalties(Sampling(temperature=0.8, repeat_penalty=0.9))  # may raise one
     0
     """
-    k = 1 if p.temperature <= 0 else p.top_k
+    k = 1 if p.greedy else p.top_k
     if k <= 0 or not _penalties_only_lower(p):
         return 0
     kept = k + p.repeat_last_n
@@ -316,7 +316,7 @@ def _kept_before_penalties(p: Sampling) -> int:
 
 def _only_greedy(p: Sampling) -> bool:
     """Whether the sampler chain for ``p`` is llama.cpp's greedy sampler and nothing else."""
-    return p.temperature <= 0 and not p.logit_bias and not p.ignore_eos and not _penalised(p)
+    return p.greedy and not p.logit_bias and not p.ignore_eos and not _penalised(p)
 
 
 def _step_order(gen: Generation) -> tuple[int, int]:
@@ -981,7 +981,7 @@ class LlamaEngine:
                     p.presence_penalty,
                 ),
             )
-        if p.temperature <= 0:
+        if p.greedy:
             add(chain, llama_cpp.llama_sampler_init_greedy())
             return cast(ctypes.c_void_p, chain)
         if p.top_k > 0:
