@@ -72,23 +72,24 @@ def test_a_chats_next_turn_takes_the_slot_that_holds_its_cache(harness: Harness)
     llama = harness.handler.engine
     greedy = Sampling(max_tokens=4, temperature=0)
     first, second = (
-        llama.tokenize(f"Slot choice: say something about {topic} in one line.")
+        llama.tokenize(f"{topic.title()} and slot choice: say something about {topic} in one line.")
         for topic in ("rivers", "mountains")
     )
     a, b = llama.start(first, greedy), llama.start(second, greedy)
     for _ in llama.generate([a, b]):
         pass
-    assert a.seq_id < b.seq_id
     # b's chat goes on: its next prompt begins with everything b's slot holds.
     follow = llama.start(second + llama.tokenize(" And one more line, please."), greedy)
     try:
-        assert follow.seq_id == b.seq_id  # not the lower slot a left, which needs a copy
+        assert follow.seq_id == b.seq_id  # not the slot a left, which would need a copy
         assert follow.cached_tokens == len(second)
     finally:
         llama.cancel(follow)
 
 
-def test_a_slot_holding_the_cache_is_not_taken_if_it_spreads_the_batch(harness: Harness) -> None:
+def test_a_chats_next_turn_keeps_its_slot_even_if_that_spreads_the_batch(
+    harness: Harness,
+) -> None:
     llama = harness.handler.engine
     prompts = [
         llama.tokenize(f"Spread test {n}: write a long list of {n} things you can see outdoors.")
@@ -98,16 +99,53 @@ def test_a_slot_holding_the_cache_is_not_taken_if_it_spreads_the_batch(harness: 
     short = [llama.start(p, Sampling(max_tokens=1, temperature=0)) for p in prompts[1:]]
     while not all(gen.finished for gen in short):
         llama.step()
-    assert running.seq_id < short[0].seq_id < short[1].seq_id and not running.finished
-    # The last slot holds this prompt's beginning, but the slot after the running one keeps
-    # the busy slots together: take it and copy the cache there.
+    assert not running.finished
+
+    def span(*slots: int) -> int:
+        return max(slots) - min(slots)
+
+    assert span(running.seq_id, short[0].seq_id) < span(running.seq_id, short[1].seq_id)
+    # The slot after the running one would keep the busy slots closer, but it holds the other
+    # chat's cache: each chat's next turn takes its own slot, and neither prefills again.
     joining = llama.start(prompts[2] + llama.tokenize(" Ten more."), Sampling(max_tokens=1))
+    other = llama.start(prompts[1] + llama.tokenize(" Ten more."), Sampling(max_tokens=1))
     try:
-        assert joining.seq_id == short[0].seq_id
-        assert joining.cached_tokens == len(prompts[2])
+        assert (joining.seq_id, other.seq_id) == (short[1].seq_id, short[0].seq_id)
+        assert (joining.cached_tokens, other.cached_tokens) == (len(prompts[2]), len(prompts[1]))
     finally:
-        llama.cancel(joining)
-        llama.cancel(running)
+        for gen in (joining, other, running):
+            llama.cancel(gen)
+
+
+def test_a_new_prompt_takes_the_slot_whose_cache_is_least_worth_keeping(
+    harness: Harness,
+) -> None:
+    llama = harness.handler.engine
+    greedy = Sampling(max_tokens=1, temperature=0)
+    total = llama.config.max_sequences
+    # Every slot holds a different chat's cache, released in the order of the prompts.
+    prompts = [
+        llama.tokenize(f"Leftover {n}: name a fruit with {n} letters.") for n in range(total)
+    ]
+    slots = []
+    for prompt in prompts:
+        gen = llama.start(prompt, greedy)
+        while not gen.finished:
+            llama.step()
+        slots.append(gen.seq_id)
+    assert sorted(slots) == list(range(total))
+    # A prompt no slot holds takes the slot released longest ago; the others keep their caches.
+    fresh = llama.start(llama.tokenize("Something else entirely: how do tides work?"), greedy)
+    try:
+        assert fresh.seq_id == slots[0]
+    finally:
+        llama.cancel(fresh)
+    again = [llama.start(p + llama.tokenize(" Another."), greedy) for p in prompts[1:3]]
+    try:
+        assert [g.cached_tokens for g in again] == [len(p) for p in prompts[1:3]]
+    finally:
+        for gen in again:
+            llama.cancel(gen)
 
 
 def test_n_batch_in_the_model_config_bounds_the_tokens_of_each_step(tmp_path: Path) -> None:
