@@ -591,29 +591,36 @@ class LlamaEngine:
     def _choose_slot(self, gen: Generation) -> int:
         """The free slot for ``gen``.
 
-        The slot whose leftover cache holds at least MIN_SHARED_PREFIX more tokens of ``gen``'s
-        prompt than any other free slot's (the previous turn of the same chat, say), wherever it
-        lies: given to another request, that chat's cache would be lost and its next turn would
-        prefill its whole history again. Otherwise the slot that keeps the busy slots closest
-        together, as a step costs more the wider the slots it covers (8 sequences of about
-        1,000 tokens: 69-73 ms a step in slots 0-7, 81-93 ms in slots 0-6 and 8, 104-117 ms in
-        slots 0, 2, ..., 14); of those, an empty slot, then the leftover released longest ago.
+        A chat's next turn takes the slot that holds its history, wherever it lies: the free
+        slot whose leftover cache holds at least half of ``gen``'s prompt and MIN_SHARED_PREFIX
+        tokens more of it than any other free slot's. Given to another request, that chat's
+        cache would be lost and its next turn would prefill its whole history again.
+
+        Any other prompt takes the slot that keeps the busy slots closest together, as a step
+        costs more the wider the slots it covers (8 sequences of about 1,000 tokens: 69-73 ms a
+        step in slots 0-7, 81-93 ms in slots 0-6 and 8, 104-117 ms in slots 0, 2, ..., 14). Of
+        those: one that already holds the longest beginning of the prompt any slot holds (a
+        shared system prompt, say: reused in place, not copied), then an empty slot, then the
+        leftover released longest ago.
         """
-        if gen._fork_of is None:
-            best, holder = self._longest_leftover(gen)
-            others = [
-                _common_prefix(gen.prompt_tokens, tokens, best)
-                for slot, (tokens, _) in self._slot_tokens.items()
-                if slot != holder
-            ]
-            if best >= max([0, *others]) + MIN_SHARED_PREFIX:
-                return holder
+        held: dict[int, int] = {}  # free slot: tokens of the prompt its leftover holds
+        if gen._fork_of is None:  # a fork copies the answer it forks
+            limit = len(gen.prompt_tokens) - 1
+            held = {
+                slot: _common_prefix(gen.prompt_tokens, tokens, limit)
+                for slot, (tokens, scope) in self._slot_tokens.items()
+                if self._may_share(gen, scope)
+            }
+        best, second = [*sorted(held.values(), reverse=True), 0, 0][:2]
+        if best >= second + MIN_SHARED_PREFIX and 2 * best >= len(gen.prompt_tokens):
+            return max(held, key=lambda slot: (held[slot], -slot))
         busy = [other.seq_id for other in self.active]
         # Leftovers in the order they were released (0: longest ago); empty slots come first.
         age = {slot: n for n, slot in enumerate(self._slot_tokens)}
 
-        def cost(slot: int) -> tuple[int, int, int]:
-            return max([*busy, slot]) - min([*busy, slot]), age.get(slot, -1), slot
+        def cost(slot: int) -> tuple[int, bool, int, int]:
+            copies = best >= MIN_SHARED_PREFIX and held.get(slot, 0) < best
+            return max([*busy, slot]) - min([*busy, slot]), copies, age.get(slot, -1), slot
 
         return min(self._free_ids, key=cost)
 

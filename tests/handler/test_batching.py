@@ -134,12 +134,22 @@ def test_a_new_prompt_takes_the_slot_whose_cache_is_least_worth_keeping(
             llama.step()
         slots.append(gen.seq_id)
     assert sorted(slots) == list(range(total))
-    # A prompt no slot holds takes the slot released longest ago; the others keep their caches.
+    # A prompt no slot holds takes the slot released longest ago; the others keep theirs.
     fresh = llama.start(llama.tokenize("Something else entirely: how do tides work?"), greedy)
     try:
         assert fresh.seq_id == slots[0]
     finally:
         llama.cancel(fresh)
+    # A prompt that begins like one slot's leftover, but is mostly new, reuses it in place.
+    longer = prompts[5] + llama.tokenize(" Then name a vegetable, a tree and a bird, each of them")
+    partly = llama.start(
+        longer + llama.tokenize(" as long, and say where each of them grows."), greedy
+    )
+    try:
+        assert 2 * len(prompts[5]) < len(partly.prompt_tokens)
+        assert (partly.seq_id, partly.cached_tokens) == (slots[5], len(prompts[5]))
+    finally:
+        llama.cancel(partly)
     again = [llama.start(p + llama.tokenize(" Another."), greedy) for p in prompts[1:3]]
     try:
         assert [g.cached_tokens for g in again] == [len(p) for p in prompts[1:3]]
