@@ -281,6 +281,16 @@ def _common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
     return n
 
 
+def _holder(held: dict[int, int], own: int = -1) -> int:
+    """The slot that holds the most (``own`` first on a tie, then the lowest); -1: none holds any.
+
+    >>> _holder({3: 5, 1: 5, 2: 4}), _holder({3: 5, 1: 5}, own=3), _holder({2: 0}), _holder({})
+    (1, 3, -1, -1)
+    """
+    slot = max(held, key=lambda slot: (held[slot], slot == own, -slot), default=-1)
+    return slot if slot >= 0 and held[slot] > 0 else -1
+
+
 def _penalised(p: Sampling) -> bool:
     return p.repeat_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
 
@@ -603,17 +613,11 @@ class LlamaEngine:
         shared system prompt, say: reused in place, not copied), then an empty slot, then the
         leftover released longest ago.
         """
-        held: dict[int, int] = {}  # free slot: tokens of the prompt its leftover holds
-        if gen._fork_of is None:  # a fork copies the answer it forks
-            limit = len(gen.prompt_tokens) - 1
-            held = {
-                slot: _common_prefix(gen.prompt_tokens, tokens, limit)
-                for slot, (tokens, scope) in self._slot_tokens.items()
-                if self._may_share(gen, scope)
-            }
+        # A fork copies the answer it forks.
+        held = self._prompt_held(gen) if gen._fork_of is None else {}
         best, second = [*sorted(held.values(), reverse=True), 0, 0][:2]
         if best >= second + MIN_SHARED_PREFIX and 2 * best >= len(gen.prompt_tokens):
-            return max(held, key=lambda slot: (held[slot], -slot))
+            return _holder(held)
         busy = [other.seq_id for other in self.active]
         # Leftovers in the order they were released (0: longest ago); empty slots come first.
         age = {slot: n for n, slot in enumerate(self._slot_tokens)}
@@ -624,21 +628,23 @@ class LlamaEngine:
 
         return min(self._free_ids, key=cost)
 
-    def _longest_leftover(self, gen: Generation) -> tuple[int, int]:
-        """The longest beginning of ``gen``'s prompt (all but its last token) that a slot's
-        leftover cache holds and ``gen`` may reuse, and that slot (-1: none). These slots are
-        free, or the one ``gen`` has just taken; on a tie that one wins (it needs no copy), then
-        the lowest."""
+    def _prompt_held(self, gen: Generation) -> dict[int, int]:
+        """For each slot's leftover cache that ``gen`` may reuse, how much of ``gen``'s
+        prompt (all but its last token, decoded to get the first logits) it holds."""
         limit = len(gen.prompt_tokens) - 1
-        best, holder = 0, -1
-        for slot in sorted(self._slot_tokens, key=lambda slot: (slot != gen.seq_id, slot)):
-            tokens, scope = self._slot_tokens[slot]
-            if (
-                self._may_share(gen, scope)
-                and (n := _common_prefix(gen.prompt_tokens, tokens, limit)) > best
-            ):
-                best, holder = n, slot
-        return best, holder
+        return {
+            slot: _common_prefix(gen.prompt_tokens, tokens, limit)
+            for slot, (tokens, scope) in self._slot_tokens.items()
+            if self._may_share(gen, scope)
+        }
+
+    def _longest_leftover(self, gen: Generation) -> tuple[int, int]:
+        """The longest beginning of ``gen``'s prompt that a slot's leftover cache holds and
+        ``gen`` may reuse, and that slot (-1: none). These slots are free, or the one ``gen``
+        has just taken; on a tie that one wins (it needs no copy), then the lowest."""
+        held = self._prompt_held(gen)
+        holder = _holder(held, own=gen.seq_id)
+        return (held[holder], holder) if holder >= 0 else (0, -1)
 
     def _may_share(self, gen: Generation, scope: str | None) -> bool:
         """Whether ``gen`` may reuse a cache computed for a request of ``scope``."""
