@@ -189,6 +189,7 @@ class Generation:
         self._sampler: ctypes.c_void_p | None = None
         self._grammar: ctypes.c_void_p | None = None
         self._greedy = False  # its sampler only takes the likeliest token: argmax does the same
+        self._bias: tuple[np.ndarray, np.ndarray] | None = None  # (token ids, biases) for argmax
 
     @property
     def finished(self) -> bool:
@@ -325,8 +326,27 @@ def _kept_before_penalties(p: Sampling) -> int:
 
 
 def _only_greedy(p: Sampling) -> bool:
-    """Whether the sampler chain for ``p`` is llama.cpp's greedy sampler and nothing else."""
-    return p.greedy and not p.logit_bias and not p.ignore_eos and not _penalised(p)
+    """Whether the sampler chain for ``p`` is llama.cpp's greedy sampler, after any logit bias.
+
+    Such a chain takes the likeliest token once the biases (``logit_bias``, and ``ignore_eos``'s
+    ban of the end-of-generation tokens) are added: one argmax over the step's logits does that.
+    """
+    return p.greedy and not _penalised(p)
+
+
+def _bias_may_change(bias: tuple[np.ndarray, np.ndarray], best: int) -> bool:
+    """Whether adding ``bias`` (token ids, values) to the logits may move their argmax ``best``.
+
+    Biases that only lower logits, none of them on ``best``, leave it the first maximum.
+
+    >>> ban = (np.array([2, 7]), np.array([-np.inf, -100.0], dtype=np.float32))
+    >>> _bias_may_change(ban, 5), _bias_may_change(ban, 7)
+    (False, True)
+    >>> _bias_may_change((np.array([2]), np.array([0.5], dtype=np.float32)), 5)
+    True
+    """
+    ids, values = bias
+    return bool((values > 0).any() or (ids == best).any())
 
 
 def _step_order(gen: Generation) -> tuple[int, int]:
@@ -579,6 +599,11 @@ class LlamaEngine:
         gen._fork_of = fork_of
         gen._sampler = self._make_sampler(params)
         gen._greedy = grammar is None and _only_greedy(params)
+        if gen._greedy and (bias := self._logit_biases(params)):
+            gen._bias = (
+                np.array([token for token, _ in bias], dtype=np.intp),
+                np.array([value for _, value in bias], dtype=np.float32),
+            )
         if grammar is not None:
             try:
                 gen._grammar = self._grammar_sampler(grammar)
@@ -829,15 +854,23 @@ class LlamaEngine:
         maxima, as llama.cpp's greedy sampler picks); the others run their own sampler chain.
         """
         tokens: list[int | None | Exception] = []
-        greedy: np.ndarray | None = None
+        logits: np.ndarray | None = None  # the step's logits, one row per sampled position
+        greedy: np.ndarray | None = None  # their argmax, computed once for the unbiased rows
         for row, (gen, index) in enumerate(sample_at):
             try:
                 if gen._greedy:
-                    if greedy is None:  # the step's logits, one row per sampled position
-                        rows = (len(sample_at), self.n_vocab)
-                        logits = llama_cpp.llama_get_logits(self.ctx)
-                        greedy = np.ctypeslib.as_array(logits, shape=rows).argmax(axis=1)
+                    if logits is None:
+                        logits = np.ctypeslib.as_array(
+                            llama_cpp.llama_get_logits(self.ctx),
+                            shape=(len(sample_at), self.n_vocab),
+                        )
+                    if greedy is None:
+                        greedy = logits.argmax(axis=1)
                     best = int(greedy[row])
+                    if gen._bias is not None and _bias_may_change(gen._bias, best):
+                        biased = logits[row].copy()
+                        np.add.at(biased, gen._bias[0], gen._bias[1])  # repeated ids add up
+                        best = int(biased.argmax())
                     if gen.logprobs is not None:
                         self._add_logprobs(gen, index, best)
                     token: int | None = best
@@ -979,13 +1012,17 @@ class LlamaEngine:
         while self.queue and self._free_ids:
             self._take_slot(self.queue.pop(0))
 
-    def _make_sampler(self, p: Sampling) -> ctypes.c_void_p:
-        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
-        add = llama_cpp.llama_sampler_chain_add
+    def _logit_biases(self, p: Sampling) -> list[tuple[int, float]]:
+        """What is added to tokens' logits before sampling: ``logit_bias``, then ``ignore_eos``."""
         bias = list(p.logit_bias)
         if p.ignore_eos:
             bias += [(token, -math.inf) for token in self.eog_tokens]
-        if bias:
+        return bias
+
+    def _make_sampler(self, p: Sampling) -> ctypes.c_void_p:
+        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        add = llama_cpp.llama_sampler_chain_add
+        if bias := self._logit_biases(p):
             entries = (llama_cpp.llama_logit_bias * len(bias))(
                 *(llama_cpp.llama_logit_bias(token, value) for token, value in bias)
             )

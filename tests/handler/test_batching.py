@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import engine
+import pytest
 from conftest import load_handler
 from contract import Sampling
 from test_handler import CHAT, chat, streamed_text
@@ -41,16 +42,29 @@ def test_greedy_tokens_alone_equal_tokens_in_a_batch_of_eight(harness: Harness) 
     assert together == alone
 
 
-def test_greedy_shortcut_picks_what_llama_cpps_greedy_sampler_picks(harness: Harness) -> None:
+def test_greedy_shortcut_picks_what_llama_cpps_greedy_sampler_picks(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
     plain = Sampling(temperature=0.0, repeat_penalty=1.0)
-    assert engine._only_greedy(plain)  # answered by one argmax over the step's logits
-    # A bias that changes nothing puts the answer through llama.cpp's own sampler chain.
-    assert not engine._only_greedy(dataclasses.replace(plain, logit_bias=((0, 0.0),)))
+    # Answered by one argmax over the step's logits, biased where a request asks for it.
+    assert engine._only_greedy(plain)
+    assert engine._only_greedy(dataclasses.replace(plain, logit_bias=((0, 5.0),), ignore_eos=True))
+    assert not engine._only_greedy(dataclasses.replace(plain, repeat_penalty=1.1))
     greedy = {"max_tokens": 48, "min_p": 0, "repeat_penalty": 1.0}
-    for question in QUESTIONS[:3]:
-        shortcut = whole_text(harness, question, **greedy)[0]
-        chain = whole_text(harness, question, logit_bias={"0": 0}, **greedy)[0]
-        assert chain == shortcut
+    (the,) = harness.handler.engine.tokenize(" the", add_special=False)
+    (a,) = harness.handler.engine.tokenize(" a", add_special=False)
+    bias = {str(the): -100, str(a): 4.5, "0": 0}
+    biased = {"logit_bias": bias, "ignore_eos": True, **greedy}
+    shortcut = [whole_text(harness, q, **p) for q in QUESTIONS[:3] for p in (greedy, biased)]
+    # Every answer through llama.cpp's own sampler chain: logit bias, then greedy.
+    asked: list[Sampling] = []
+    monkeypatch.setattr(engine, "_only_greedy", lambda p: asked.append(p) is not None)
+    chain = [whole_text(harness, q, **p) for q in QUESTIONS[:3] for p in (greedy, biased)]
+    assert len(asked) == 6
+    assert [text for text, _ in chain] == [text for text, _ in shortcut]
+    # The biases changed the answers, and ignore_eos ran every one to its cap.
+    assert [text for text, _ in shortcut[0::2]] != [text for text, _ in shortcut[1::2]]
+    assert all(usage["completion_tokens"] == 48 for _, usage in shortcut[1::2])
 
 
 def test_shared_prompt_beginnings_come_from_the_cache(harness: Harness) -> None:
