@@ -180,6 +180,7 @@ def measure(
     repeat_penalty: float = 1.0,
     *,
     warm_up: str,
+    ignore_eos: bool = False,
 ) -> InProcessResult:
     """Run ``turns`` for ``slots`` clients, a sequence each, after a warm-up on ``warm_up``.
 
@@ -188,6 +189,6 @@ def measure(
     """
     with InProcessBench(model_path, n_threads, max_sequences=slots) as bench:
         bench.warm_up(warm_up, slots, repeat_penalty)
-        records = bench.run(turns, slots, repeat_penalty)
+        records = bench.run(turns, slots, repeat_penalty, ignore_eos=ignore_eos)
     name = "in-process single stream" if slots == 1 else f"in-process batch of {slots}"
     return InProcessResult(name, slots, tuple(records), summarize(records))

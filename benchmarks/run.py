@@ -65,6 +65,12 @@ from tschat.settings import REPO_ROOT
 
 MODEL_CONFIG = REPO_ROOT / "model-config.yaml"
 REPEAT_PENALTY = 1.0  # greedy without penalties: llama-server's default, sent to both servers
+# Every answer runs to its drawn cap on both servers (and in process), so that both generate
+# the same tokens from histories of the same length. Greedy answers of the two builds part
+# after a few dozen tokens (their matrix products round differently); where one stopped early
+# and the other did not, a multi-turn chat went on from a longer history (one chat's answers:
+# 565 tokens on ours against 360 on llama-server).
+RUN_TO_CAP = True
 SERVED_NAME = "tschat"
 # What each server answers before any cell is measured, in order: the first prefills, four at
 # once; then one long stream. TorchServe's Java frontend handles a call per generated token and
@@ -151,6 +157,7 @@ class PeerPlan:
             turns=self.turns,
             first=first,
             repeat_penalty=REPEAT_PENALTY,
+            ignore_eos=RUN_TO_CAP,
             timeout_s=180.0,
             duration_s=900.0,
         )
@@ -172,7 +179,13 @@ def measure_limits(plan: PeerPlan, model: Path) -> list[Cell]:
     for slots, kind in ((1, INPROC_SINGLE), (BATCH_LIMIT_SLOTS, INPROC_BATCH)):
         turns = [c.turns[0] for c in plan.limit_spec(slots).conversations()]
         result = inprocess.measure(
-            model, plan.config.threads, turns, slots, REPEAT_PENALTY, warm_up=warm_up_prompt()
+            model,
+            plan.config.threads,
+            turns,
+            slots,
+            REPEAT_PENALTY,
+            warm_up=warm_up_prompt(),
+            ignore_eos=RUN_TO_CAP,
         )
         cells.append(
             Cell(kind, DISTINCT, slots, result.summary, load=os.getloadavg()[0], label=result.name)

@@ -64,7 +64,9 @@ def fake(http_server: Callable[[type[BaseHTTPRequestHandler]], LocalServer]) -> 
 
 
 def test_openai_target_path_key_and_sampling(fake: LocalServer) -> None:
-    spec = LoadSpec(clients=2, requests=4, max_tokens=64, scenario=DISTINCT, repeat_penalty=1.0)
+    spec = LoadSpec(
+        clients=2, requests=4, max_tokens=64, scenario=DISTINCT, repeat_penalty=1.0, ignore_eos=True
+    )
     result = run_target(Target.openai(fake.url, "peer-key"), spec)
     s = result.summary
     assert (s.requests, s.failures, s.tokens) == (4, 0, 8)  # tokens from usage, not pieces
@@ -73,7 +75,7 @@ def test_openai_target_path_key_and_sampling(fake: LocalServer) -> None:
     for body in bodies:
         assert body["stream"] is True and body["temperature"] == 0.0
         assert body["repeat_penalty"] == 1.0 and body["stream_options"] == {"include_usage": True}
-        assert 8 <= body["max_tokens"] <= 64
+        assert 8 <= body["max_tokens"] <= 64 and body["ignore_eos"] is True
     # Distinct prompts: every request asks something else, as the scenario drew them.
     expected = [c.turns[0].user for c in spec.conversations()]
     assert sorted(b["messages"][0]["content"] for b in bodies) == sorted(expected)
@@ -87,7 +89,8 @@ def test_torchserve_target_and_no_key(fake: LocalServer) -> None:
     (path, key, body), (peer_path, peer_key, _) = FakeOpenAI.seen
     assert (path, key) == ("/predictions/m/1.0/v1/chat/completions", "Bearer ts-key")
     assert (peer_path, peer_key) == ("/v1/chat/completions", None)
-    assert "repeat_penalty" not in body  # left to the server unless the spec says
+    # Left to the server unless the spec says.
+    assert "repeat_penalty" not in body and "ignore_eos" not in body
 
 
 def test_multi_turn_resends_the_history_with_the_answers(fake: LocalServer) -> None:

@@ -92,6 +92,7 @@ class LoadSpec:
     turns: int = scenarios.DEFAULT_TURNS
     first: int = 0
     repeat_penalty: float | None = None  # None: the server's default
+    ignore_eos: bool = False  # every answer runs to its cap (llama.cpp's extension field)
 
     def __post_init__(self) -> None:
         if self.clients < 1 or self.requests < 1:
@@ -124,6 +125,7 @@ class LoadSpec:
             "temperature": self.temperature,
             "seed": self.seed,
             "repeat_penalty": self.repeat_penalty,
+            "ignore_eos": True if self.ignore_eos else None,
             "stream_options": {"include_usage": True},
         }
 
