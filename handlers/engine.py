@@ -768,12 +768,18 @@ class LlamaEngine:
         budget = self.config.n_batch
         # Decode tokens first (one each, in slot order), then prompt chunks, the shortest rest of a
         # prompt first: a long prompt never stalls the others, a short one soon has its answer.
+        # A step that ends a prompt takes no piece of a longer one: that piece would only delay
+        # the first token of every prompt ending in the step, and the longer prompt ends no
+        # sooner for it (prefill costs about the same per token in any batch shape).
+        ends_a_prompt = False
         for gen in sorted(self.active, key=_step_order):
             if gen._waiting_for is not None:
                 continue
             take = min(len(gen._pending), budget - n)
             if take <= 0:
                 continue
+            if ends_a_prompt and take < len(gen._pending):
+                break  # the prompts after this one are longer still
             for i in range(take):
                 batch.token[n] = gen._pending[i]
                 batch.pos[n] = gen._n_past + i
@@ -786,6 +792,7 @@ class LlamaEngine:
             if not gen._pending:
                 batch.logits[n - 1] = True
                 sample_at.append((gen, n - 1))
+                ends_a_prompt = ends_a_prompt or gen.first_token_at is None
         if n == 0:
             return []
         batch.n_tokens = n

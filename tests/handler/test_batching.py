@@ -192,6 +192,29 @@ def test_n_batch_in_the_model_config_bounds_the_tokens_of_each_step(tmp_path: Pa
         llama.close()
 
 
+def test_a_step_that_ends_prompts_takes_no_piece_of_a_longer_one(tmp_path: Path) -> None:
+    small = load_handler(tmp_path, handler={"n_batch": 64})
+    llama = small.handler.engine
+    try:
+        greedy = Sampling(max_tokens=8, temperature=0)
+        short, shorter = (llama.tokenize(f"Short: what is {q}?") for q in ("two plus two", "pi"))
+        long = llama.tokenize("Long: " + "one two three four five six seven eight " * 20)
+        assert len(shorter) < len(short) and len(short) + len(shorter) < 64 < len(long)
+        gens = [llama.start(tokens, greedy) for tokens in (long, short, shorter)]
+        before = llama.times.tokens
+        llama.step()
+        # Both short prompts end in the first step, and the long one waits for the next.
+        assert llama.times.tokens - before == len(short) + len(shorter)
+        assert [g.first_token_at is not None for g in gens] == [False, True, True]
+        assert gens[0]._n_past == 0
+        before = llama.times.tokens
+        llama.step()
+        # The next step: a token of each answer, then as much of the long prompt as fits.
+        assert llama.times.tokens - before == 64 and gens[0]._n_past == 62
+    finally:
+        llama.close()
+
+
 def test_seeded_sampling_is_reproducible_inside_a_batch(harness: Harness) -> None:
     params = {"temperature": 0.9, "seed": 1234, "max_tokens": 24}
     alone = whole_text(harness, QUESTIONS[2], **params)[0]
