@@ -766,20 +766,16 @@ class LlamaEngine:
         n = 0
         sample_at: list[tuple[Generation, int]] = []
         budget = self.config.n_batch
-        # Decode tokens first (one each, in slot order), then prompt chunks, the shortest rest of a
-        # prompt first: a long prompt never stalls the others, a short one soon has its answer.
-        # A step that ends a prompt takes no piece of a longer one: that piece would only delay
-        # the first token of every prompt ending in the step, and the longer prompt ends no
-        # sooner for it (prefill costs about the same per token in any batch shape).
-        ends_a_prompt = False
+        # Decode tokens first (one each, in slot order), then a chunk of one prompt: the one with
+        # the fewest tokens left. Prefill costs about the same per token whatever the batch's
+        # shape, so another prompt's tokens in the step would only delay this one's first token
+        # (and every answer's next), and that prompt ends no sooner than in a step of its own.
         for gen in sorted(self.active, key=_step_order):
             if gen._waiting_for is not None:
                 continue
             take = min(len(gen._pending), budget - n)
             if take <= 0:
                 continue
-            if ends_a_prompt and take < len(gen._pending):
-                break  # the prompts after this one are longer still
             for i in range(take):
                 batch.token[n] = gen._pending[i]
                 batch.pos[n] = gen._n_past + i
@@ -792,7 +788,8 @@ class LlamaEngine:
             if not gen._pending:
                 batch.logits[n - 1] = True
                 sample_at.append((gen, n - 1))
-                ends_a_prompt = ends_a_prompt or gen.first_token_at is None
+            if take > 1:
+                break  # a prompt's chunk: the prompts after it have more tokens left
         if n == 0:
             return []
         batch.n_tokens = n

@@ -192,7 +192,7 @@ def test_n_batch_in_the_model_config_bounds_the_tokens_of_each_step(tmp_path: Pa
         llama.close()
 
 
-def test_a_step_that_ends_prompts_takes_no_piece_of_a_longer_one(tmp_path: Path) -> None:
+def test_a_step_takes_a_chunk_of_one_prompt_the_shortest(tmp_path: Path) -> None:
     small = load_handler(tmp_path, handler={"n_batch": 64})
     llama = small.handler.engine
     try:
@@ -201,16 +201,17 @@ def test_a_step_that_ends_prompts_takes_no_piece_of_a_longer_one(tmp_path: Path)
         long = llama.tokenize("Long: " + "one two three four five six seven eight " * 20)
         assert len(shorter) < len(short) and len(short) + len(shorter) < 64 < len(long)
         gens = [llama.start(tokens, greedy) for tokens in (long, short, shorter)]
-        before = llama.times.tokens
-        llama.step()
-        # Both short prompts end in the first step, and the long one waits for the next.
-        assert llama.times.tokens - before == len(short) + len(shorter)
-        assert [g.first_token_at is not None for g in gens] == [False, True, True]
-        assert gens[0]._n_past == 0
-        before = llama.times.tokens
-        llama.step()
-        # The next step: a token of each answer, then as much of the long prompt as fits.
-        assert llama.times.tokens - before == 64 and gens[0]._n_past == 62
+        steps = []
+        for _ in range(3):
+            before = llama.times.tokens
+            llama.step()
+            steps.append(llama.times.tokens - before)
+            if steps == [len(shorter)]:  # the shortest prompt first, alone
+                assert [g.first_token_at is not None for g in gens] == [False, False, True]
+        # Then a token of its answer and the next shortest prompt; then the long one's first
+        # chunk fills the step after a token of each answer.
+        assert steps == [len(shorter), 1 + len(short), 64]
+        assert all(g.first_token_at is not None for g in gens[1:]) and gens[0]._n_past == 62
     finally:
         llama.close()
 
