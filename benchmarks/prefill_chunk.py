@@ -1,7 +1,7 @@
 """How many tokens one decode step may take (the engine's ``n_batch``), measured side by side.
 
-A step decodes one token of every answer being written, then fills the rest of its ``n_batch``
-tokens with prompt chunks, the prompt with the fewest tokens left first. A larger ``n_batch``
+A step decodes one token of every answer being written, then takes up to the rest of its
+``n_batch`` tokens from the prompt with the fewest tokens left. A larger ``n_batch``
 prefills in fewer, longer steps, and the answers in flight wait through each of them; a smaller
 one keeps those answers flowing, at the price of more steps for the same prompts. This runs the
 benchmark's distinct-prompt load through the handler's engine in this process (2 threads, the
