@@ -8,7 +8,8 @@ Each ``Generation`` has its own sampler chain (seed, temperature, top-k/p, min-p
 logit bias), its own grammar if it has one, its own stop conditions and its own UTF-8 decoder, so
 its output does not depend on what else is in the batch: answers under different grammars share
 one batch. Prompts are prefilled in chunks that share the step with other sequences' decode
-tokens, which is what lets a new request join a running batch.
+tokens, which is what lets a new request join a running batch; a step takes one prompt's chunk,
+the prompt with the fewest tokens left.
 
 A prompt that begins like one already in the cache skips that part of its prefill: the cache of a
 running sequence, or the one a finished sequence left in its slot (the previous turn of a chat),
@@ -855,7 +856,8 @@ class LlamaEngine:
         """Each generation's next token, from the logits at its batch index.
 
         Greedy samplers are served by one argmax over the step's logits (the first of equal
-        maxima, as llama.cpp's greedy sampler picks); the others run their own sampler chain.
+        maxima, as llama.cpp's greedy sampler picks), a row's logit biases added to a copy of it
+        first where they may move its maximum; the others run their own sampler chain.
         """
         tokens: list[int | None | Exception] = []
         logits: np.ndarray | None = None  # the step's logits, one row per sampled position
