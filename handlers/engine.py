@@ -861,16 +861,15 @@ class LlamaEngine:
         """
         tokens: list[int | None | Exception] = []
         logits: np.ndarray | None = None  # the step's logits, one row per sampled position
-        greedy: np.ndarray | None = None  # their argmax, computed once for the unbiased rows
+        greedy: np.ndarray | None = None  # each row's argmax, computed with them
         for row, (gen, index) in enumerate(sample_at):
             try:
                 if gen._greedy:
-                    if logits is None:
+                    if logits is None or greedy is None:
                         logits = np.ctypeslib.as_array(
                             llama_cpp.llama_get_logits(self.ctx),
                             shape=(len(sample_at), self.n_vocab),
                         )
-                    if greedy is None:
                         greedy = logits.argmax(axis=1)
                     best = int(greedy[row])
                     if gen._bias is not None and _bias_may_change(gen._bias, best):
