@@ -39,6 +39,7 @@ from typing import Any
 import contract
 import engine
 import openai_protocol as api
+import worker_wire
 from chat_prompt import ChatPrompt
 from contract import CHAT, COMPLETION, DETOKENIZE, LEGACY, TOKENIZE, Request, RequestError
 from engine import ContextOverflow, EngineConfig, Generation, GrammarError, LlamaEngine
@@ -56,8 +57,6 @@ PROFILE_EVERY_S = 10.0  # and whenever the worker falls idle
 # TorchServe's metric of each handler call (PREDICTION_METRIC, one decode step in continuous
 # batching): written as the mean of the calls in each second, and when the worker falls idle.
 PREDICTION_TIME_EVERY_S = 1.0
-# What TorchServe's worker logs on every call, before the call reaches the handler.
-PER_CALL_LOG_LINE = "Backend received inference at"
 SSE_TYPE = "text/event-stream; charset=utf-8"
 JSON_TYPE = "application/json"
 TEXT_TYPE = "text/plain; charset=utf-8"
@@ -685,26 +684,14 @@ def _quiet_per_call_output(context: Any, idle: Callable[[], bool]) -> None:
     The worker's output goes to the frontend, which reads and parses every line. In continuous
     batching there is a call per decode step, and on each the worker logs that it received one
     and then writes the call's ``PredictionTime`` metric: about 0.5 ms a token of Python and
-    Java CPU, some of it taken from llama.cpp's threads. The first line is dropped at its source;
-    the metric is written as the mean of the calls in each second, and when the worker falls
-    idle (so after every call in dynamic batching, where a call is a whole batch).
+    Java CPU, some of it taken from llama.cpp's threads. The first line is TorchServe's reader's,
+    which ``worker_wire`` replaces with one that does not log; the metric is written as the mean
+    of the calls in each second, and when the worker falls idle (so after every call in dynamic
+    batching, where a call is a whole batch).
     """
-    root = logging.getLogger()  # where TorchServe's worker logs that line
-    if not any(isinstance(f, _DropLine) for f in root.filters):
-        root.addFilter(_DropLine(PER_CALL_LOG_LINE))
+    worker_wire.install()
     metrics = context.metrics
     metrics.add_time = _MeanPredictionTime(metrics.add_time, idle, PREDICTION_TIME_EVERY_S)
-
-
-class _DropLine(logging.Filter):
-    """Drops the log records whose message starts with ``start``."""
-
-    def __init__(self, start: str) -> None:
-        super().__init__()
-        self.start = start
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.start)
 
 
 class _MeanPredictionTime:

@@ -288,7 +288,7 @@ def test_default_model_worker_is_ready(torchserve_server: TorchServeServer) -> N
 
 def test_logs_hold_each_line_once_and_no_line_per_call(torchserve_server: TorchServeServer) -> None:
     """TorchServe's per-call lines are left out (tschat/ops/torchserve_log4j2.xml; the worker's
-    "Backend received inference" line by the handler)."""
+    "Backend received inference" line by the handler, whose reader of calls does not write it)."""
     server = torchserve_server
     question = [{"role": "user", "content": "Count from one to twenty."}]
     stream = server.inference.chat_stream(server.model, question, max_tokens=24, temperature=0)

@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,7 @@ HANDLER_FILES: tuple[tuple[str, str], ...] = (
     ("handlers/openai_protocol.py", "openai_protocol.py"),
     ("handlers/chat_prompt.py", "chat_prompt.py"),
     ("handlers/structured.py", "structured.py"),
+    ("handlers/worker_wire.py", "worker_wire.py"),
     # The request contract, shared with the clients: the handler imports it as ``contract``.
     ("tschat/contract.py", "contract.py"),
 )
@@ -438,6 +440,11 @@ def usage(template: dict[str, Any] | None = None) -> str:
     t = template if template is not None else config_template()
     h = t.get("handler") or {}
     mode = "continuous" if t.get("continuousBatching") else "dynamic"
+    modules = [name for source, name in HANDLER_FILES if source.startswith("handlers/")]
+    indent = " " * 26
+    handler_modules = textwrap.fill(
+        ", ".join(modules), width=98, initial_indent=indent, subsequent_indent=indent
+    )
     return f"""\
 Usage: package_model.sh [options] [MODEL.gguf]
        (python -m tschat.ops.packaging takes the same options, less --python)
@@ -458,9 +465,9 @@ Archive:
   --allow-requantize      let --quantize start from a model already quantized below Q8_0
   --python PYTHON         (package_model.sh) interpreter with torch-model-archiver and pyyaml
                           (default: .venv/bin/python next to the script if present, else python3)
-  --handler-dir DIR       folder with the handler's modules (llama_cpp_handler.py, engine.py,
-                          openai_protocol.py, chat_prompt.py, structured.py)
-                          (default: handlers next to this script)
+  --handler-dir DIR       folder with the handler's modules (default: handlers next to this
+                          script):
+{handler_modules}
 
 TorchServe (model-config.yaml top level):
   --workers N             worker processes, min and max (default: {t.get("minWorkers")})
