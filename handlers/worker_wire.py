@@ -27,9 +27,9 @@ import struct
 import sys
 from typing import Any
 
-LOAD_MSG = b"L"
-PREDICT_MSG = b"I"
-END_OF_LIST = -1
+# The frame's markers, from TorchServe's own reader (already loaded in the worker).
+from ts.protocol.otf_message_handler import END_OF_LIST, LOAD_MSG, PREDICT_MSG
+
 RECV_BYTES = 65536
 _INT = struct.Struct("!i")
 
