@@ -185,8 +185,9 @@ class LlamaCppHandler:
         self.info = self.engine.describe()
         self._metrics = _HandlerMetrics(context, self.model_name)
         _quiet_per_call_output(context, idle=self._idle)
-        # One line per worker that the console reads to show backend, devices and layers.
-        logger.info("%s %s", WORKER_INFO_MARK, json.dumps({**self.info, "pid": os.getpid()}))
+        # One line per worker that the console reads to show backend, devices and layers; each
+        # step profile repeats it, so a long-busy worker's tail of the log still names its engine.
+        logger.info("%s %s", WORKER_INFO_MARK, json.dumps(self._worker()))
         self.initialized = True
 
     # -- serving ---------------------------------------------------------------------------
@@ -200,8 +201,13 @@ class LlamaCppHandler:
         finally:
             assert self.engine is not None
             if self._calls.end(self._idle(), PROFILE_EVERY_S):
-                profile = {**self._calls.as_dict(), **self.engine.times.as_dict()}
+                profile: dict[str, Any] = {**self._calls.as_dict(), **self.engine.times.as_dict()}
+                profile["worker"] = self._worker()
                 logger.info("%s %s", PROFILE_MARK, json.dumps(profile))
+
+    def _worker(self) -> dict[str, Any]:
+        """What this worker runs on, as its log lines give it to the console."""
+        return {**self.info, "pid": os.getpid()}
 
     def _idle(self) -> bool:
         """Whether nothing is being decoded or waiting for a slot."""

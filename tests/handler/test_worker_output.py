@@ -10,6 +10,7 @@ mean per second, and when the worker falls idle.
 from __future__ import annotations
 
 import logging
+import os
 
 import llama_cpp_handler
 import pytest
@@ -62,3 +63,24 @@ def test_prediction_time_goes_out_each_second_while_busy(
             now[0] += 0.010
             metrics.add_time("PredictionTime", 10.0)
     assert len(metric_lines(caplog, "PredictionTime")) == 2
+
+
+def test_step_profile_names_the_worker_engine_for_the_console(
+    continuous: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each step profile repeats the ready line's payload: hours of busy serving push the ready
+    line out of the log tail the console reads, and the console still names each worker's engine."""
+    from tschat.ops import monitor
+
+    question = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}
+    with caplog.at_level(logging.INFO, logger=llama_cpp_handler.logger.name):
+        # Idle once it ends: a profile goes out.
+        continuous.run_continuous({0: [("v1/chat/completions", question)]})
+    lines = [f"MODEL_LOG - {r.getMessage()}" for r in caplog.records]
+    profiles = [line for line in lines if monitor.PROFILE_MARK in line]
+    assert profiles and not any(monitor.WORKER_INFO_MARK in line for line in lines)
+    engines = monitor.worker_engines("\n".join(profiles))
+    assert engines == {os.getpid(): {**continuous.handler.info, "pid": os.getpid()}}
+    assert engines[os.getpid()]["backend"] == "cpu"
+    profile = monitor.worker_profile("\n".join(profiles))
+    assert profile is not None and profile["calls"] >= 1 and "worker" not in profile

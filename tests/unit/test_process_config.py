@@ -233,6 +233,22 @@ def test_tail_log(tmp_path: Path) -> None:
         process.tail_log(settings, "../key_file.json")  # type: ignore[arg-type]
 
 
+def test_logs_roll_by_size_only() -> None:
+    """A roll at midnight would leave the console reading empty logs: no worker engines, no
+    restarts (tschat/ops/monitor.py reads both from the tail of the current files)."""
+    from xml.etree import ElementTree
+
+    appenders = ElementTree.parse(process.LOG_CONFIG).getroot().iter("RollingFile")
+    names = set()
+    for appender in appenders:
+        names.add(f"{appender.get('name')}.log")
+        policies = appender.find("Policies")
+        assert policies is not None
+        assert [policy.tag for policy in policies] == ["SizeBasedTriggeringPolicy"], names
+        assert appender.get("filePattern", "").endswith(".%i.log.gz")
+    assert {"model_log.log", "ts_log.log"} <= names
+
+
 def test_long_run_dir_is_refused_before_starting(tmp_path: Path) -> None:
     settings = Settings(run_dir=tmp_path / ("x" * 120))
     with pytest.raises(SettingsError, match="too long"):

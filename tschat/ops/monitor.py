@@ -215,29 +215,37 @@ def registered_models(management: ManagementClient) -> list[ModelStatus]:
     return statuses
 
 
-WORKER_INFO_MARK = "llama.cpp worker ready:"  # written by handlers/llama_cpp_handler.py
+# Both written by handlers/llama_cpp_handler.py: the first once a worker has loaded its model,
+# the second every 10 s of serving, repeating the first's payload under "worker".
+WORKER_INFO_MARK = "llama.cpp worker ready:"
+PROFILE_MARK = "worker step profile:"
 
 
 def worker_engines(model_log: str) -> dict[int, dict[str, Any]]:
     r"""What each worker's llama.cpp engine runs on, by worker PID, from the model log.
 
+    Read from the ready line, or from a step profile where the ready line is no longer in the
+    tail being read (a worker busy for hours).
+
     >>> line = 'MODEL_LOG - llama.cpp worker ready: {"pid": 7, "backend": "cpu", "n_layers": 30}'
     >>> worker_engines("noise\n" + line)
     {7: {'pid': 7, 'backend': 'cpu', 'n_layers': 30}}
+    >>> worker_engines('MODEL_LOG - worker step profile: {"step": 1.5, "worker": {"pid": 8}}')
+    {8: {'pid': 8}}
     """
     engines: dict[int, dict[str, Any]] = {}
     for line in model_log.splitlines():
-        _, mark, payload = line.partition(WORKER_INFO_MARK)
-        if not mark:
-            continue
-        with contextlib.suppress(ValueError):
-            info = json.loads(payload)
-            if isinstance(info, dict) and isinstance(info.get("pid"), int):
-                engines[info["pid"]] = info
+        for mark in (WORKER_INFO_MARK, PROFILE_MARK):
+            _, found, payload = line.partition(mark)
+            if not found:
+                continue
+            with contextlib.suppress(ValueError):
+                info = json.loads(payload)
+                if isinstance(info, dict) and mark == PROFILE_MARK:
+                    info = info.get("worker")
+                if isinstance(info, dict) and isinstance(info.get("pid"), int):
+                    engines[info["pid"]] = info
     return engines
-
-
-PROFILE_MARK = "worker step profile:"  # written by handlers/llama_cpp_handler.py
 
 
 def worker_profile(model_log: str) -> dict[str, float] | None:
@@ -245,6 +253,8 @@ def worker_profile(model_log: str) -> dict[str, float] | None:
 
     >>> worker_profile('x\nMODEL_LOG - worker step profile: {"calls": 3, "step": 0.5}\ny')
     {'calls': 3.0, 'step': 0.5}
+    >>> worker_profile('worker step profile: {"calls": 3, "worker": {"pid": 8}}')
+    {'calls': 3.0}
     """
     for line in reversed(model_log.splitlines()):
         _, mark, payload = line.partition(PROFILE_MARK)
@@ -252,7 +262,11 @@ def worker_profile(model_log: str) -> dict[str, float] | None:
             with contextlib.suppress(ValueError):
                 profile = json.loads(payload)
                 if isinstance(profile, dict):
-                    return {k: float(v) for k, v in profile.items()}
+                    return {
+                        key: float(value)
+                        for key, value in profile.items()
+                        if isinstance(value, int | float) and not isinstance(value, bool)
+                    }
     return None
 
 
