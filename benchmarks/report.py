@@ -31,30 +31,34 @@ INPROC_BATCH = "inproc-batch"
 BATCH_LIMIT_SLOTS = 8  # the batched limit: eight sequences decoded together, in-process
 
 
-def _mean(a: float | None, b: float | None) -> float | None:
-    """Mean of two optional figures (the one present, if only one is).
+def _mean(*values: float | None) -> float | None:
+    """Mean of optional figures (of those present).
 
-    >>> _mean(1.0, 2.0), _mean(None, 3.0), _mean(None, None)
-    (1.5, 3.0, None)
+    >>> _mean(1.0, 2.0), _mean(None, 3.0), _mean(None, None), _mean(1.0, 2.0, 6.0)
+    (1.5, 3.0, None, 3.0)
     """
-    present = [v for v in (a, b) if v is not None]
+    present = [v for v in values if v is not None]
     return sum(present) / len(present) if present else None
 
 
-def mean_summary(a: Summary, b: Summary) -> Summary:
-    """Two measurements of the same thing as one: counts added, figures averaged."""
+def mean_summary(*summaries: Summary) -> Summary:
+    """Measurements of the same thing as one: counts added, figures averaged."""
+
+    def mean(name: str) -> float | None:
+        return _mean(*(getattr(s, name) for s in summaries))
+
     return Summary(
-        requests=a.requests + b.requests,
-        failures=a.failures + b.failures,
-        tokens=a.tokens + b.tokens,
-        wall_s=a.wall_s + b.wall_s,
-        tokens_per_s=_mean(a.tokens_per_s, b.tokens_per_s),
-        ttft_p50_ms=_mean(a.ttft_p50_ms, b.ttft_p50_ms),
-        ttft_p95_ms=_mean(a.ttft_p95_ms, b.ttft_p95_ms),
-        itl_p50_ms=_mean(a.itl_p50_ms, b.itl_p50_ms),
-        itl_p95_ms=_mean(a.itl_p95_ms, b.itl_p95_ms),
-        stream_tps_p50=_mean(a.stream_tps_p50, b.stream_tps_p50),
-        errors=tuple(dict.fromkeys(a.errors + b.errors)),
+        requests=sum(s.requests for s in summaries),
+        failures=sum(s.failures for s in summaries),
+        tokens=sum(s.tokens for s in summaries),
+        wall_s=sum(s.wall_s for s in summaries),
+        tokens_per_s=mean("tokens_per_s"),
+        ttft_p50_ms=mean("ttft_p50_ms"),
+        ttft_p95_ms=mean("ttft_p95_ms"),
+        itl_p50_ms=mean("itl_p50_ms"),
+        itl_p95_ms=mean("itl_p95_ms"),
+        stream_tps_p50=mean("stream_tps_p50"),
+        errors=tuple(dict.fromkeys(e for s in summaries for e in s.errors)),
     )
 
 
@@ -291,15 +295,74 @@ def _round(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
 
 
-def mean_cell(a: Cell, b: Cell) -> Cell:
-    """Two measurements of one limit as one: counts added, figures averaged."""
-    speeds = "/".join(_fmt(c.tokens_per_s) for c in (a, b))
+def mean_cell(*cells: Cell) -> Cell:
+    """Measurements of one cell as one: counts added, figures averaged.
+
+    >>> s = lambda tps: Summary(8, 0, 800, 4.0, tps, 300.0, 600.0, 9.0, 12.0, 50.0)
+    >>> cell = mean_cell(Cell(OURS, "distinct", 8, s(90.0), turn_ttft_ms=(100.0, 200.0)),
+    ...                  Cell(OURS, "distinct", 8, s(110.0), turn_ttft_ms=(140.0, None)))
+    >>> cell.tokens_per_s, cell.summary.requests, cell.turn_ttft_ms, cell.label
+    (100.0, 16, (120.0, 200.0), 'tschat (mean of 90.0/110.0 tok/s)')
+    """
+    first = cells[0]
+    speeds = "/".join(_fmt(c.tokens_per_s) for c in cells)
+    turns = max(len(c.turn_ttft_ms) for c in cells)
     return dataclasses.replace(
-        a,
-        summary=mean_summary(a.summary, b.summary),
-        label=f"{a.label or a.server} (mean of {speeds} tok/s)",
-        load=_mean(a.load, b.load),
+        first,
+        summary=mean_summary(*(c.summary for c in cells)),
+        turn_ttft_ms=tuple(
+            _mean(*(c.turn_ttft_ms[n] for c in cells if n < len(c.turn_ttft_ms)))
+            for n in range(turns)
+        ),
+        cpu_server_s=_mean(*(c.cpu_server_s for c in cells)),
+        cpu_client_s=_mean(*(c.cpu_client_s for c in cells)),
+        label=f"{first.label or first.server} (mean of {speeds} tok/s)",
+        load=_mean(*(c.load for c in cells)),
     )
+
+
+def mean_repeats(cells: Sequence[Cell]) -> list[Cell]:
+    """One cell per server, scenario and client count: the mean of its repeats, in first order.
+
+    >>> s = lambda tps: Summary(8, 0, 800, 4.0, tps, 300.0, 600.0, 9.0, 12.0, 50.0)
+    >>> cells = [Cell(OURS, "distinct", 8, s(90.0)), Cell(PEER, "distinct", 8, s(100.0)),
+    ...          Cell(PEER, "distinct", 8, s(80.0)), Cell(OURS, "distinct", 8, s(100.0))]
+    >>> [(c.server, c.tokens_per_s) for c in mean_repeats(cells)]
+    [('tschat', 95.0), ('llama-server', 90.0)]
+    >>> mean_repeats(cells[:2]) == cells[:2]  # measured once: as they were
+    True
+    """
+    groups: dict[tuple[str, str, int], list[Cell]] = {}
+    for cell in cells:
+        groups.setdefault((cell.server, cell.scenario, cell.clients), []).append(cell)
+    return [group[0] if len(group) == 1 else mean_cell(*group) for group in groups.values()]
+
+
+def repeat_ratios(cells: Sequence[Cell]) -> str:
+    """Each repeat's tokens/s ratio (ours over the peer's), per cell measured more than once.
+
+    >>> s = lambda tps: Summary(8, 0, 800, 4.0, tps, 300.0, 600.0, 9.0, 12.0, 50.0)
+    >>> print(repeat_ratios([Cell(OURS, "distinct", 8, s(90.0)), Cell(PEER, "distinct", 8,
+    ...     s(100.0)), Cell(PEER, "distinct", 8, s(80.0)), Cell(OURS, "distinct", 8, s(100.0))]))
+    tokens/s ours over llama-server's, each repeat: distinct, 8 clients: 0.90, 1.25
+    """
+    parts = []
+    keys = dict.fromkeys((c.scenario, c.clients) for c in cells if c.server == OURS)
+    for scenario, clients in keys:
+        mine, theirs = (
+            [c for c in cells if (c.server, c.scenario, c.clients) == (server, scenario, clients)]
+            for server in (OURS, PEER)
+        )
+        if len(mine) < 2 or len(mine) != len(theirs):
+            continue
+        ratios = [_ratio(a.tokens_per_s, b.tokens_per_s) for a, b in zip(mine, theirs, strict=True)]
+        parts.append(
+            f"{scenario}, {clients} client{'s' if clients > 1 else ''}: "
+            + ", ".join("-" if r is None else f"{r:.2f}" for r in ratios)
+        )
+    if not parts:
+        return ""
+    return f"tokens/s ours over {PEER}'s, each repeat: " + "; ".join(parts)
 
 
 @dataclass(frozen=True)

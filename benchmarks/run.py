@@ -137,10 +137,22 @@ class PeerPlan:
     max_tokens: int  # the largest answer cap drawn
     turns: int  # multi-turn: turns per chat, one chat per client
     peer: bool
+    repeats: int = 1  # how many times each cell is measured on each server
 
     def cells(self) -> list[tuple[str, int, int]]:
-        """(scenario, clients, first conversation) of each cell; no two cells ask alike."""
-        pairs = [(s, c) for s in self.scenarios for c in self.clients]
+        """(scenario, clients, first conversation) of each cell, in the order they are measured.
+
+        With repeats, the whole sweep is measured again after the first; no two cells, and no
+        two repeats of one, ask alike.
+
+        >>> plan = build_plan(parse_args(["--clients", "1,8", "--scenarios", "distinct"]))
+        >>> plan.cells()
+        [('distinct', 1, 100), ('distinct', 8, 200)]
+        >>> import dataclasses
+        >>> dataclasses.replace(plan, repeats=2).cells()
+        [('distinct', 1, 100), ('distinct', 8, 200), ('distinct', 1, 300), ('distinct', 8, 400)]
+        """
+        pairs = [(s, c) for s in self.scenarios for c in self.clients] * self.repeats
         return [(s, c, 100 * n) for n, (s, c) in enumerate(pairs, 1)]
 
     def spec(self, scenario: str, clients: int, first: int) -> LoadSpec:
@@ -294,9 +306,12 @@ def measure_servers(plan: PeerPlan, model: Path, keep: bool) -> tuple[list[Cell]
         servers = [s for s in (mine, theirs) if s is not None]
         for server in servers:
             warm_up(server.target)
+        cells_per_sweep = len(plan.cells()) // plan.repeats
         for n, (scenario, clients, first) in enumerate(plan.cells()):
             spec = plan.spec(scenario, clients, first)
-            for server in servers if n % 2 == 0 else servers[::-1]:
+            # The servers take turns going first from cell to cell, and a repeat swaps them.
+            sweep, index = divmod(n, cells_per_sweep)
+            for server in servers if (sweep + index) % 2 == 0 else servers[::-1]:
                 before = server.profile() if server.profile else None
                 cells.append(measure_cell(server.name, server.target, spec, server.pids,
                                           server.frontend))  # fmt: skip
@@ -315,6 +330,8 @@ def build_plan(args: argparse.Namespace) -> PeerPlan:
     unknown = set(wanted) - set(SCENARIOS)
     if unknown:
         raise SystemExit(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    if args.repeats < 1:
+        raise SystemExit(f"--repeats must be at least 1, not {args.repeats}")
     return PeerPlan(
         config=config,
         n_ctx=n_ctx,
@@ -325,6 +342,7 @@ def build_plan(args: argparse.Namespace) -> PeerPlan:
         max_tokens=args.max_tokens,
         turns=args.turns,
         peer=not args.no_peer,
+        repeats=args.repeats,
     )
 
 
@@ -343,23 +361,31 @@ def run_against_peer(args: argparse.Namespace, model: Path, machine: str, comman
         engine.append(description)
         return cells
 
-    limits, served = around_limits(
+    limits, measured = around_limits(
         lambda: measure_limits(plan, model), served_cells, report.mean_cell
     )
-    cells = served + limits
+    cells = report.mean_repeats(measured) + limits
     targets = report.evaluate_goals(cells)
     say("")
     say(report.peer_table(cells))
     say("")
     say(report.limits_table(cells))
+    repeats = report.repeat_ratios(measured)
+    if repeats:
+        say("")
+        say(repeats)
     say_targets(targets)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / f"peer-{stamp}.csv"
-    csv_path.write_text(report.cells_csv(cells), encoding="utf-8")
+    csv_path.write_text(report.cells_csv(measured + limits), encoding="utf-8")
     md_path = out / f"peer-{stamp}.md"
-    notes = f"Our server's engine: {engine[0]}" if engine and engine[0] else ""
+    notes = "\n\n".join(
+        part
+        for part in (f"Our server's engine: {engine[0]}" if engine and engine[0] else "", repeats)
+        if part
+    )
     md_path.write_text(
         report.peer_report(cells, targets, machine, command, notes), encoding="utf-8"
     )
@@ -422,6 +448,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--turns", type=int, default=None, help=f"multi-turn: turns per chat ({DEFAULT_TURNS})"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="measure every cell this many times on each server, the whole sweep again each "
+        "time, on new requests, the servers' order swapped; each figure is the mean of its "
+        "repeats (default 1)",
     )
     batching = parser.add_argument_group("the batching comparison (--compare-batching)")
     batching.add_argument(

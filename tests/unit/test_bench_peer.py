@@ -49,9 +49,35 @@ def test_quick_no_peer_and_batching_defaults() -> None:
     assert (batching.clients, batching.max_tokens) == ("1,4,8,16", 128)
 
 
+def test_repeats_measure_each_cell_again_on_new_requests_with_the_order_swapped() -> None:
+    plan = run.build_plan(run.parse_args(["--repeats", "2"]))
+    cells = plan.cells()
+    assert len(cells) == 12 and len({first for _, _, first in cells}) == 12
+    assert [(s, c) for s, c, _ in cells[:6]] == [(s, c) for s, c, _ in cells[6:]]
+    # The batched limit still runs the first repeat's requests of the 8-client distinct cell.
+    first = next(f for s, c, f in cells if (s, c) == (DISTINCT, 8))
+    assert plan.limit_spec(8).conversations() == plan.spec(DISTINCT, 8, first).conversations()
+    measured = [
+        Cell(OURS, DISTINCT, 8, summary(90.0, 300.0)),
+        Cell(PEER, DISTINCT, 8, summary(100.0, 400.0)),
+        Cell(PEER, DISTINCT, 8, summary(80.0, 200.0)),
+        Cell(OURS, DISTINCT, 8, summary(100.0, 200.0)),
+    ]
+    cells_out = report.mean_repeats(measured)
+    (target,) = [t for t in report.evaluate_goals(cells_out) if "tokens/s vs llama" in t.name]
+    assert target.value == pytest.approx(95.0 / 90.0)
+    ours = report.find_cell(cells_out, OURS, DISTINCT, 8)
+    assert ours is not None and ours.summary.requests == 16 and ours.ttft_p50_ms == 250.0
+    assert "distinct, 8 clients: 0.90, 1.25" in report.repeat_ratios(measured)
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
-    [(["--scenarios", "distinct,nope"], "unknown scenarios"), (["--clients", "0,8"], "positive")],
+    [
+        (["--scenarios", "distinct,nope"], "unknown scenarios"),
+        (["--clients", "0,8"], "positive"),
+        (["--repeats", "0"], "at least 1"),
+    ],
 )
 def test_bad_options_are_refused(argv: list[str], message: str) -> None:
     with pytest.raises(SystemExit, match=message):
