@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import engine
 import pytest
@@ -212,6 +213,79 @@ def test_a_step_takes_a_chunk_of_one_prompt_the_shortest(tmp_path: Path) -> None
         # chunk fills the step after a token of each answer.
         assert steps == [len(shorter), 1 + len(short), 64]
         assert all(g.first_token_at is not None for g in gens[1:]) and gens[0]._n_past == 62
+    finally:
+        llama.close()
+
+
+def test_a_prompt_chunk_sits_among_the_answers_in_slot_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a KV stream per sequence, llama.cpp cuts a batch into ubatches of consecutive
+    sequence ids in batch order: slots 0, 2, then 1's chunk would make three passes over the
+    weights where 0, 1's chunk, 2 makes two."""
+    small = load_handler(tmp_path, handler={"n_batch": 64})
+    llama = small.handler.engine
+    batches: list[list[int]] = []
+    decode = engine.llama_cpp.llama_decode
+
+    def recording(ctx: object, batch: Any) -> int:
+        batches.append([batch.seq_id[i][0] for i in range(batch.n_tokens)])
+        return int(decode(ctx, batch))
+
+    try:
+        greedy = Sampling(max_tokens=16, temperature=0, ignore_eos=True)
+        gens = [llama.start(llama.tokenize(f"Question {q}: why?"), greedy) for q in "ABC"]
+        while any(g._pending and len(g._pending) > 1 for g in gens):
+            llama.step()
+        assert [g.seq_id for g in gens] == [0, 1, 2]
+        llama.cancel(gens[1])
+        late = llama.start(llama.tokenize("Late question: what is rain made of?"), greedy)
+        assert late.seq_id == 1  # the free slot between two busy ones
+        monkeypatch.setattr(engine.llama_cpp, "llama_decode", recording)
+        llama.step()
+        (seqs,) = batches
+        assert seqs.count(1) > 1 and seqs == sorted(seqs) and {0, 2} <= set(seqs)
+    finally:
+        llama.close()
+
+
+def test_a_sequence_moves_down_into_a_gap_its_answer_unchanged_and_the_gaps_cache_kept(
+    tmp_path: Path, harness: Harness
+) -> None:
+    """A slot left free between running sequences (a client gone) would cost every later step
+    a second ubatch; after PACK_AFTER_STEPS steps the highest sequence moves down into it."""
+    small = load_handler(tmp_path, handler={"n_batch": 64})
+    llama = small.handler.engine
+    try:
+        greedy = Sampling(max_tokens=24, temperature=0, ignore_eos=True)
+        prompts = [llama.tokenize(f"Question {q}: why is the sky blue?") for q in "ABC"]
+        gens = [llama.start(prompt, greedy) for prompt in prompts]
+        while any(len(g._pending) > 1 for g in gens):
+            llama.step()
+        low, middle, top = sorted(gens, key=lambda g: g.seq_id)
+        assert (low.seq_id, middle.seq_id, top.seq_id) == (0, 1, 2)
+        llama.cancel(middle)  # its client left: slot 1 keeps its cache, unused
+        for _ in range(engine.PACK_AFTER_STEPS):
+            llama.step()
+            assert top.seq_id == 2
+        llama.step()
+        assert (top.seq_id, llama.times.moves) == (1, 1)
+        while not top.finished:
+            llama.step()
+        # The copied cache gives the answer the sequence gives alone, in another engine.
+        other = harness.handler.engine
+        alone = other.start(top.prompt_tokens, greedy)
+        while not alone.finished:
+            other.step()
+        assert alone.cached_tokens == 0 and top._tokens == alone._tokens
+        # The cache slot 1 held went to another free slot, where the same chat finds it.
+        follow_up = middle.prompt_tokens + llama.tokenize(" Answer briefly.")
+        again, fresh = llama.start(follow_up, greedy), other.start(follow_up, greedy)
+        assert again.cached_tokens == len(middle.prompt_tokens) and fresh.cached_tokens == 0
+        while not (again.finished and fresh.finished):
+            llama.step()
+            other.step()
+        assert again._tokens == fresh._tokens
     finally:
         llama.close()
 
