@@ -415,6 +415,7 @@ def step_profile(before: dict[str, float] | None, after: dict[str, float]) -> st
         f"{ms('prefill_decode_s', prefill)} each, the others "
         f"{(f'{1000 * others / plain:.3f}' if plain else '-')}), sample {ms('sample_s')}, "
         f"detokenize {ms('detok_s')}, respond {ms('respond')}"
+        + (f"; {d['moves']:.0f} sequences moved down into a gap" if d.get("moves") else "")
     )
 
 
