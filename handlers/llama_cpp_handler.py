@@ -41,7 +41,17 @@ import engine
 import openai_protocol as api
 import worker_wire
 from chat_prompt import ChatPrompt
-from contract import CHAT, COMPLETION, DETOKENIZE, LEGACY, TOKENIZE, Request, RequestError
+from contract import (
+    CHAT,
+    COMPLETION,
+    DETOKENIZE,
+    LEGACY,
+    PROFILE_MARK,
+    TOKENIZE,
+    WORKER_INFO_MARK,
+    Request,
+    RequestError,
+)
 from engine import ContextOverflow, EngineConfig, Generation, GrammarError, LlamaEngine
 from structured import ParsedCall, ToolCallReader, output_grammar, tool_call_grammar
 from ts.metrics.metric_cache_errors import MetricsCacheKeyError
@@ -51,8 +61,6 @@ from ts.service import PREDICTION_METRIC
 
 logger = logging.getLogger(__name__)
 
-WORKER_INFO_MARK = "llama.cpp worker ready:"
-PROFILE_MARK = "worker step profile:"
 PROFILE_EVERY_S = 10.0  # and whenever the worker falls idle
 # TorchServe's metric of each handler call (PREDICTION_METRIC, one decode step in continuous
 # batching): written as the mean of the calls in each second, and when the worker falls idle.

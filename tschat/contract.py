@@ -44,6 +44,12 @@ ENDPOINT_NAMES = {
 }
 ALL = (CHAT, COMPLETION, LEGACY)
 
+# The worker's log lines that the operator console reads (tschat/ops/monitor.py): the first once
+# a worker has loaded its model, the second with every step profile (every 10 s of serving),
+# repeating the first's payload under "worker".
+WORKER_INFO_MARK = "llama.cpp worker ready:"
+PROFILE_MARK = "worker step profile:"
+
 HONOURED = "honoured"
 ACCEPTED = "accepted"
 REFUSED = "refused"

@@ -28,6 +28,7 @@ import psutil
 
 from tschat.api.management import ManagementClient, ModelStatus, WorkerStatus
 from tschat.api.metrics import Sample, fetch_metrics, select, total
+from tschat.contract import PROFILE_MARK, WORKER_INFO_MARK
 from tschat.errors import ModelNotFound, TsChatError
 from tschat.ops import process
 from tschat.settings import Settings
@@ -213,12 +214,6 @@ def registered_models(management: ManagementClient) -> list[ModelStatus]:
         with contextlib.suppress(ModelNotFound):
             statuses.append(management.describe_model(entry.name))
     return statuses
-
-
-# Both written by handlers/llama_cpp_handler.py: the first once a worker has loaded its model,
-# the second every 10 s of serving, repeating the first's payload under "worker".
-WORKER_INFO_MARK = "llama.cpp worker ready:"
-PROFILE_MARK = "worker step profile:"
 
 
 def worker_engines(model_log: str) -> dict[int, dict[str, Any]]:
