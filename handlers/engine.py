@@ -763,7 +763,8 @@ class LlamaEngine:
         ones costs every step until they end (8 sequences of about 1,000 tokens: 69-73 ms a
         step in slots 0-7, 81-93 ms in slots 0-6 and 8). Moving a sequence copies its whole
         stream once (about 9 ms for the default model's 2,048 cells). The free slot's leftover
-        cache moves to another free slot first, so that a chat coming back late still finds it.
+        cache moves to another free slot first, so that a chat coming back late still finds it;
+        where no other slot is free, the gap stays.
         """
         if self.config.kv_unified:
             return
@@ -775,6 +776,8 @@ class LlamaEngine:
                 for slot in self._free_ids
                 if bottom < slot < top.seq_id
                 and self.times.steps - self._freed_at.get(slot, 0) >= PACK_AFTER_STEPS
+                # A leftover cache needs another free slot to go to, or it stays where it is.
+                and (slot not in self._slot_tokens or len(self._free_ids) > 1)
             ]
             if not holes or top._waiting_for is not None:
                 return
@@ -786,17 +789,13 @@ class LlamaEngine:
         if slot in self._slot_tokens:
             # Its leftover goes to another free slot: an empty one, else the oldest leftover.
             age = {s: n for n, s in enumerate(self._slot_tokens)}
-            spares = [s for s in self._free_ids if s != slot]
-            if spares:
-                spare = min(spares, key=lambda s: (age.get(s, -1), s))
-                llama_cpp.llama_memory_seq_cp(self.memory, slot, spare, -1, -1)
-                self._slot_tokens = {
-                    spare if s == slot else s: held
-                    for s, held in self._slot_tokens.items()
-                    if s != spare
-                }
-            else:
-                self._slot_tokens.pop(slot)
+            spare = min((s for s in self._free_ids if s != slot), key=lambda s: (age.get(s, -1), s))
+            llama_cpp.llama_memory_seq_cp(self.memory, slot, spare, -1, -1)
+            self._slot_tokens = {
+                spare if s == slot else s: held
+                for s, held in self._slot_tokens.items()
+                if s != spare
+            }
         # Separate streams copy whole; the copies run in order before the next decode.
         llama_cpp.llama_memory_seq_cp(self.memory, old, slot, -1, -1)
         llama_cpp.llama_memory_seq_rm(self.memory, old, -1, -1)

@@ -290,6 +290,27 @@ def test_a_sequence_moves_down_into_a_gap_its_answer_unchanged_and_the_gaps_cach
         llama.close()
 
 
+def test_no_sequence_moves_into_a_gap_whose_cache_would_have_nowhere_to_go(
+    tmp_path: Path,
+) -> None:
+    small = load_handler(tmp_path, handler={"n_batch": 64})
+    llama = small.handler.engine
+    try:
+        greedy = Sampling(max_tokens=24, temperature=0, ignore_eos=True)
+        total = llama.config.max_sequences
+        prompts = [llama.tokenize(f"Chat {n}: hello there.") for n in range(total)]
+        gens = [llama.start(prompt, greedy) for prompt in prompts]
+        while any(len(g._pending) > 1 for g in gens):
+            llama.step()
+        middle = next(g for g in gens if g.seq_id == total // 2)
+        llama.cancel(middle)  # every other slot is busy: its cache could only be overwritten
+        for _ in range(2 * engine.PACK_AFTER_STEPS):
+            llama.step()
+        assert llama.times.moves == 0 and total // 2 in llama._slot_tokens
+    finally:
+        llama.close()
+
+
 def test_seeded_sampling_is_reproducible_inside_a_batch(harness: Harness) -> None:
     params = {"temperature": 0.9, "seed": 1234, "max_tokens": 24}
     alone = whole_text(harness, QUESTIONS[2], **params)[0]
