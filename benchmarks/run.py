@@ -18,7 +18,9 @@ One run, one model, the same threads throughout:
    per slot (:mod:`benchmarks.peer`);
 4. for each scenario (distinct prompts, multi-turn chats; :mod:`tschat.bench.scenarios`) and client
    count (1, 8, 16), both servers get the same requests, one after the other (the order
-   alternates from cell to cell), greedy (temperature 0, no repeat penalty);
+   alternates from cell to cell), greedy (temperature 0, no repeat penalty); with ``--repeats N``
+   the whole sweep is measured N times, each time on new requests with the order swapped, and
+   each figure is the mean of its repeats;
 5. the in-process limits again: each limit is the mean of the measurement before and after.
 
 It prints each cell as it is measured, then a table of our figure, the peer's and the ratio per
