@@ -757,7 +757,7 @@ def _serve(settings: Settings) -> None:
 
 
 def test_chat_survives_torchserve_stopping_mid_answer(
-    own_server: Settings, sent: list[dict[str, Any]]
+    own_server: Settings, sent: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     at = open_app()
     configure(at, seed=1, **GREEDY)
@@ -765,13 +765,22 @@ def test_chat_survives_torchserve_stopping_mid_answer(
     first_exchange = [(m.role, m.content) for m in shown(at, own_server).messages]
     assert len(first_exchange) == 2 and first_exchange[1][1]
 
-    # TorchServe goes away while the next answer streams: stopped a second after it is asked.
+    # TorchServe goes away while the next answer streams: stopped a second after the answer
+    # began (its response arrived), not after it was asked, which on a busy machine can be
+    # before TorchServe took the request at all.
     configure(at, seed=1, temperature=0.0, max_tokens=1500)
+    answering = threading.Event()
+    asked = InferenceClient.chat_stream
+
+    def answer_begun(self: InferenceClient, model: str, messages: Any, **params: Any) -> Any:
+        stream = asked(self, model, messages, **params)
+        answering.set()
+        return stream
+
+    monkeypatch.setattr(InferenceClient, "chat_stream", answer_begun)
 
     def stop_once_asked() -> None:
-        deadline = time.monotonic() + 60
-        while len(sent) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        answering.wait(timeout=60)
         time.sleep(1.0)
         process.stop(own_server)
 
