@@ -37,7 +37,7 @@ import re
 import socket
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import cast
 
@@ -652,14 +652,19 @@ class LlamaEngine:
         if best >= second + MIN_SHARED_PREFIX and 2 * best >= len(gen.prompt_tokens):
             return _holder(held)
         busy = [other.seq_id for other in self.active]
-        # Leftovers in the order they were released (0: longest ago); empty slots come first.
-        age = {slot: n for n, slot in enumerate(self._slot_tokens)}
+        worth = self._keep_worth()
 
         def cost(slot: int) -> tuple[int, bool, int, int]:
             copies = best >= MIN_SHARED_PREFIX and held.get(slot, 0) < best
-            return max([*busy, slot]) - min([*busy, slot]), copies, age.get(slot, -1), slot
+            return max([*busy, slot]) - min([*busy, slot]), copies, worth(slot), slot
 
         return min(self._free_ids, key=cost)
+
+    def _keep_worth(self) -> Callable[[int], int]:
+        """How much a free slot's cache is worth keeping, lowest first: an empty slot (-1),
+        then the leftovers in the order they were released (0: longest ago)."""
+        age = {slot: n for n, slot in enumerate(self._slot_tokens)}
+        return lambda slot: age.get(slot, -1)
 
     def _prompt_held(self, gen: Generation) -> dict[int, int]:
         """For each slot's leftover cache that ``gen`` may reuse, how much of ``gen``'s
@@ -787,9 +792,9 @@ class LlamaEngine:
         """Give running ``gen`` the free ``slot``, its cache copied there."""
         old = gen.seq_id
         if slot in self._slot_tokens:
-            # Its leftover goes to another free slot: an empty one, else the oldest leftover.
-            age = {s: n for n, s in enumerate(self._slot_tokens)}
-            spare = min((s for s in self._free_ids if s != slot), key=lambda s: (age.get(s, -1), s))
+            # Its leftover goes to the free slot whose own cache is least worth keeping.
+            worth = self._keep_worth()
+            spare = min((s for s in self._free_ids if s != slot), key=lambda s: (worth(s), s))
             llama_cpp.llama_memory_seq_cp(self.memory, slot, spare, -1, -1)
             self._slot_tokens = {
                 spare if s == slot else s: held

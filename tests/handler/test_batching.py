@@ -235,7 +235,7 @@ def test_a_prompt_chunk_sits_among_the_answers_in_slot_order(
     try:
         greedy = Sampling(max_tokens=16, temperature=0, ignore_eos=True)
         gens = [llama.start(llama.tokenize(f"Question {q}: why?"), greedy) for q in "ABC"]
-        while any(g._pending and len(g._pending) > 1 for g in gens):
+        while any(len(g._pending) > 1 for g in gens):
             llama.step()
         assert [g.seq_id for g in gens] == [0, 1, 2]
         llama.cancel(gens[1])
