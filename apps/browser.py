@@ -141,8 +141,8 @@ def press_slider(page: Page, label: str, *keys: str) -> None:
     """Move a slider with the keyboard, as a person without a mouse would."""
     thumb = page.get_by_test_id("stSlider").filter(has_text=label).locator("input[type=range]")
     thumb.first.focus()
-    for key in keys:
-        thumb.first.press(key)
+    for key in keys:  # to the focused thumb, without finding it again for every key
+        page.keyboard.press(key)
 
 
 def slider_value(page: Page, label: str) -> str:
