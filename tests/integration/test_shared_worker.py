@@ -39,10 +39,16 @@ ROUTES = {
     contract.TOKENIZE: "v1/tokenize",
     contract.DETOKENIZE: "v1/detokenize",
 }
+# Greedy, so that a drawn answer length (max_tokens 2,000, say) ends where "Hi" ends, in a few
+# tokens, instead of wherever a random continuation stops.
 BASE = {
-    contract.CHAT: {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2},
-    contract.COMPLETION: {"prompt": "Hi", "max_tokens": 2},
-    contract.LEGACY: {"prompt": "Hi", "max_tokens": 2},
+    contract.CHAT: {
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 2,
+        "temperature": 0,
+    },
+    contract.COMPLETION: {"prompt": "Hi", "max_tokens": 2, "temperature": 0},
+    contract.LEGACY: {"prompt": "Hi", "max_tokens": 2, "temperature": 0},
     contract.TOKENIZE: {"content": "Hi"},
     contract.DETOKENIZE: {"tokens": [1, 2]},
 }
