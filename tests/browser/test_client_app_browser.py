@@ -72,7 +72,7 @@ def message_texts(page: Page, selector: str) -> list[str]:
             '[data-testid="stMarkdown"] [data-testid="stMarkdownContainer"]'
         ).all_inner_texts()
         parts = [part for part in parts if not re.fullmatch(r"\d+/\d+", part.strip())]
-        texts.append("\n".join(parts).replace("▌", "").strip())
+        texts.append("\n".join(parts).replace(CURSOR, "").strip())
     return texts
 
 
@@ -129,8 +129,7 @@ def test_answer_streams_in_and_stop_keeps_the_partial_text(
     wait_answers(page, 1)
     final = answer_text(page)
     assert len(reads) >= 5, f"the answer did not grow in steps: {reads}"
-    # A read taken while the answer streams ends with the cursor, which the final text drops.
-    lengths = [len(r.rstrip().removesuffix(CURSOR).rstrip()) for r in reads]
+    lengths = [len(r) for r in reads]
     assert lengths == sorted(lengths) and lengths[0] < len(final)
     assert all(final.startswith(r) for r in reads[:-1]), "earlier reads are prefixes of the end"
     caption = answer_caption(page)
@@ -487,7 +486,7 @@ def pane_text(page: Page, pane: int) -> str:
     if not box.count():
         return ""
     texts = box.locator('[data-testid="stMarkdownContainer"]').all_inner_texts()
-    return "".join(texts).replace("▌", "").strip()
+    return "".join(texts).replace(CURSOR, "").strip()
 
 
 def test_side_by_side_panes_stream_at_the_same_time(browser: Browser, chat_app: RunningApp) -> None:
