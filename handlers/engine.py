@@ -82,6 +82,14 @@ CACHE_PER_USER = "per_user"  # only a request with the same scope (OpenAI `user`
 CACHE_OFF = "off"
 CACHE_SCOPES = (CACHE_SHARED, CACHE_PER_USER, CACHE_OFF)
 
+# llama.cpp's attention kernel (handler.flash_attn): "auto" lets llama.cpp choose (on wherever
+# the device supports it, the CPU included), as llama-server's -fa auto does.
+FLASH_ATTN_MODES = {
+    "auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
+    "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+    "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+}
+
 # llama_token_data as numpy sees it, for sampling from a candidate array built in place.
 # The most tokens a top-k in front of the penalties keeps. A top-k costs more the more it keeps:
 # per token, one sequence, 80-104 us keeping 104 (the defaults) against 178-207 us for the whole
@@ -117,6 +125,7 @@ class EngineConfig:
     tensor_split: tuple[float, ...] = ()  # share of the model per device; empty = by free memory
     kv_unified: bool = False  # one KV stream for all: faster batches, batch-dependent rounding
     prefix_cache: str = CACHE_SHARED  # whose cached prompt beginnings a new prompt may reuse
+    flash_attn: str = "auto"  # llama.cpp's flash attention: auto, on or off (FLASH_ATTN_MODES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -392,6 +401,11 @@ class LlamaEngine:
                 f"prefix_cache must be one of {', '.join(CACHE_SCOPES)}; "
                 f"got {config.prefix_cache!r}"
             )
+        if config.flash_attn not in FLASH_ATTN_MODES:
+            raise ValueError(
+                f"flash_attn must be one of {', '.join(FLASH_ATTN_MODES)}; "
+                f"got {config.flash_attn!r}"
+            )
         self.config = config
         llama_cpp.llama_backend_init()
         model_params = llama_cpp.llama_model_default_params()
@@ -438,6 +452,7 @@ class LlamaEngine:
         ctx_params.n_threads = config.n_threads
         ctx_params.n_threads_batch = config.n_threads
         ctx_params.no_perf = True
+        ctx_params.flash_attn_type = FLASH_ATTN_MODES[config.flash_attn]
         # Creating the context allocates and clears the KV cache (a few hundred ms for many
         # sequences, without the GIL): the vocabulary is scanned meanwhile.
         with ThreadPoolExecutor(1) as pool:
@@ -518,6 +533,7 @@ class LlamaEngine:
             "max_sequences": self.config.max_sequences,
             "n_threads": self.config.n_threads,
             "prefix_cache": self.config.prefix_cache,
+            "flash_attn": self.config.flash_attn,
         }
 
     def slots(self) -> dict[str, int]:

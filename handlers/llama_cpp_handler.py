@@ -151,6 +151,9 @@ class LlamaCppHandler:
         prefix_cache = config.get("prefix_cache", EngineConfig.prefix_cache)
         if isinstance(prefix_cache, bool):  # the earlier true/false form
             prefix_cache = engine.CACHE_SHARED if prefix_cache else engine.CACHE_OFF
+        flash_attn = config.get("flash_attn", EngineConfig.flash_attn)
+        if isinstance(flash_attn, bool):  # YAML 1.1 reads a bare on/off as true/false
+            flash_attn = "on" if flash_attn else "off"
         self.engine = LlamaEngine(
             EngineConfig(
                 model_path=model_path,
@@ -167,6 +170,7 @@ class LlamaCppHandler:
                 tensor_split=tuple(float(x) for x in config.get("tensor_split") or ()),
                 kv_unified=bool(config.get("kv_unified", EngineConfig.kv_unified)),
                 prefix_cache=str(prefix_cache),
+                flash_attn=str(flash_attn),
             )
         )
         template = config.get("chat_template") or self.engine.metadata("tokenizer.chat_template")

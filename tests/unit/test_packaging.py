@@ -6,6 +6,7 @@ import doctest
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tschat.errors import BadRequest, PackagingFailed
 from tschat.ops import packaging
@@ -54,3 +55,13 @@ def test_prefix_cache_scope_goes_into_the_handler_config() -> None:
     assert "prefix_cache" not in packaging.model_config({}, PackageOptions(), "m.gguf")["handler"]
     with pytest.raises(packaging.UsageError, match="shared, per_user or off"):
         packaging.parse_args(["--prefix-cache", "users"])
+
+
+def test_flash_attn_goes_into_the_handler_config_as_text() -> None:
+    command = packaging.parse_args(["--flash-attn", "off"])
+    config = packaging.model_config({"handler": {}}, command.options, "m.gguf")
+    # Written as a quoted string: a bare off would come back from YAML as false.
+    assert yaml.safe_load(yaml.safe_dump(config))["handler"]["flash_attn"] == "off"
+    assert "flash_attn" not in packaging.model_config({}, PackageOptions(), "m.gguf")["handler"]
+    with pytest.raises(packaging.UsageError, match="auto, on or off"):
+        packaging.parse_args(["--flash-attn", "false"])

@@ -57,6 +57,9 @@ SPLIT_MODES = ("none", "layer", "row")
 # handler.prefix_cache: whose cached prompt beginnings a request may reuse (handlers/engine.py
 # CACHE_SCOPES; tests/handler/test_cache_scope.py checks that the two agree).
 PREFIX_CACHE_SCOPES = ("shared", "per_user", "off")
+# handler.flash_attn: llama.cpp's attention kernel (handlers/engine.py FLASH_ATTN_MODES, checked
+# alike by tests/handler/test_flash_attn.py).
+FLASH_ATTN_MODES = ("auto", "on", "off")
 _VERSION = re.compile(r"[0-9A-Za-z._-]+")
 _WHOLE = re.compile(r"-?(0|[1-9][0-9]{0,8})")
 _QUANT_SUFFIX = re.compile(r"(.+)[.-](f32|f16|bf16|q[0-9][a-z0-9_]*|iq[0-9][a-z0-9_]*)", re.I)
@@ -83,6 +86,7 @@ class PackageOptions:
     rpc_servers: tuple[str, ...] | None = None
     kv_unified: bool = False
     prefix_cache: str | None = None
+    flash_attn: str | None = None
     model_version: str = "1.0"
     # Marks an archive as made by an experiment (model-config.yaml's `experiment`), which may
     # then replace and remove it; nothing else is touched by experiments.
@@ -95,6 +99,8 @@ class PackageOptions:
             raise ValueError(
                 f"--prefix-cache must be shared, per_user or off, not {self.prefix_cache!r}"
             )
+        if self.flash_attn is not None and self.flash_attn not in FLASH_ATTN_MODES:
+            raise ValueError(f"--flash-attn must be auto, on or off, not {self.flash_attn!r}")
         if not _VERSION.fullmatch(self.model_version):
             raise ValueError("--model-version may hold letters, digits, '.', '_' and '-'")
 
@@ -169,6 +175,7 @@ def model_config(
         "rpc_servers": list(options.rpc_servers) if options.rpc_servers else None,
         "kv_unified": True if options.kv_unified else None,
         "prefix_cache": options.prefix_cache,
+        "flash_attn": options.flash_attn,
     }
     handler.update({key: value for key, value in values.items() if value is not None})
     return config
@@ -497,6 +504,8 @@ ignored on CPU)
   --prefix-cache SCOPE    whose cached prompt beginnings a request may reuse: shared (anyone's),
                           per_user (the same OpenAI `user` only; for a server shared by people)
                           or off (default: {h.get("prefix_cache")})
+  --flash-attn MODE       llama.cpp's flash attention: auto (llama.cpp decides: on wherever the
+                          device has it), on or off (default: {h.get("flash_attn", "auto")})
 
   -h, --help              show this help
 
@@ -554,6 +563,7 @@ _TEXT_OPTIONS = {
     "--tensor-split": "tensor_split",
     "--rpc-servers": "rpc_servers",
     "--prefix-cache": "prefix_cache",
+    "--flash-attn": "flash_attn",
 }
 _FLAGS = {
     "--force": ("force", True),
