@@ -194,10 +194,11 @@ def test_two_browser_sessions_chat_at_the_same_time(browser: Browser, chat_app: 
     pages = [open_chat(browser, chat_app.url) for _ in names]
     for page in pages:
         press_slider(page, "Temperature", "Home")
-        press_slider(page, "Max tokens", "Home", *["ArrowRight"] * 15)
+        # Answers of 120 tokens: a short one could end before the other question is sent.
+        press_slider(page, "Max tokens", "Home", *["ArrowRight"] * 119)
         settle(page)
     for page, name in zip(pages, names, strict=True):
-        ask(page, f"My name is {name}. What is my name?")
+        ask(page, f"My name is {name}. What is my name? Then write a poem about my name.")
     # Both conversations are in flight together (streaming, or queued with Stop shown).
     deadline = time.monotonic() + READY_TIMEOUT_MS / 1000
     while not all(streaming(page) for page in pages):
