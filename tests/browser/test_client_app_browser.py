@@ -194,7 +194,8 @@ def test_two_browser_sessions_chat_at_the_same_time(browser: Browser, chat_app: 
     pages = [open_chat(browser, chat_app.url) for _ in names]
     for page in pages:
         press_slider(page, "Temperature", "Home")
-        # Answers of 120 tokens: a short one could end before the other question is sent.
+        # Up to 120 tokens, and a question asking for a poem: a short answer could end before
+        # the other question is sent, and the two would never be in flight together.
         press_slider(page, "Max tokens", "Home", *["ArrowRight"] * 119)
         settle(page)
     for page, name in zip(pages, names, strict=True):
