@@ -486,7 +486,8 @@ TorchServe (model-config.yaml top level):
                           arrives while others generate joins them at the next step, and one
                           whose client left is cancelled (continuousBatching: true)
   --dynamic-batching      TorchServe hands over a batch at a time, which runs to its end
-                          (continuousBatching: false; default: {mode})
+                          (continuousBatching: false; default: {mode}); it gathers the batch
+                          for --max-batch-delay ms, so give it more than the template's
 
 llama.cpp (model-config.yaml handler:):
   --n-ctx N               context window in tokens (default: {h.get("n_ctx")})
