@@ -811,20 +811,21 @@ def chat(
     model = str(st.session_state.get(W_MODEL) or settings.model_name)
     trim = bool(st.session_state[W_TRIM])
     reachable = check is not None and check.reachable and inference is not None
-    if saved is not None and any(
-        m.state == "streaming" and live_answers().get(m.id) is None for m in saved.messages
-    ):
+    messages = saved.messages if saved is not None else ()
+    # Looked up once: an answer that ends during this run is still followed (its fragment then
+    # starts the page over), never drawn as saved while the page stays locked for it.
+    streaming = [m.id for m in messages if m.state == "streaming"]
+    live = {i: a for i in streaming if (a := live_answers().get(i)) is not None}
+    if len(live) < len(streaming):
         # It ended since the page loaded it (saved before it left the live list): start the
         # page over, so that it is drawn as saved and how it ended is reported.
         st.rerun()
-    locked = busy(saved)
+    locked = bool(live)
     probabilities = bool(st.session_state[W_PROBABILITIES])
-    messages = saved.messages if saved is not None else ()
     if not messages:
         st.caption("Ask something to start a conversation; it is saved as you go.")
     for message in messages:
-        live = live_answers().get(message.id) if message.state == "streaming" else None
-        if live is not None:
+        if message.id in live:
             follow_answer(message.id, probabilities)
         elif message.id == st.session_state[EDITING]:
             draw_editor(message)

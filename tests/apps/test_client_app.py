@@ -26,6 +26,7 @@ from streamlit.testing.v1 import AppTest
 
 from tschat.api.inference import InferenceClient
 from tschat.api.keys import Keys
+from tschat.chat.answer import LiveAnswers, PendingAnswer
 from tschat.chat.request import SCHEMA_EXAMPLES
 from tschat.chat.store import ConversationStore, SavedConversation
 from tschat.ops import process
@@ -291,6 +292,38 @@ def test_editing_and_regenerating_make_branches_that_can_be_read(
     assert len(regenerated.messages) == 2 and regenerated.messages[1].position == "2/2"
     click(at, f"w_prev_{regenerated.messages[1].id}")
     assert [m.content for m in shown(at, chat_env).messages] == [m.content for m in colour.messages]
+
+
+@pytest.mark.parametrize("looks", [1, 2])
+def test_an_answer_that_ends_while_the_page_is_drawn_leaves_it_usable(
+    chat_env: Settings, monkeypatch: pytest.MonkeyPatch, looks: int
+) -> None:
+    """The page looks up the streaming answer ``looks`` times, then it ends mid-run.
+
+    Whenever it ends, the page must not stay locked for an answer that no longer streams: no
+    Stop button to press, the chat input disabled and nothing left to redraw it.
+    """
+    original = LiveAnswers.get
+    seen: dict[int, int] = {}
+
+    def ends_after_looks(self: LiveAnswers, answer_id: int) -> PendingAnswer | None:
+        answer = original(self, answer_id)
+        if answer is not None:
+            seen[answer_id] = seen.get(answer_id, 0) + 1
+        deadline = time.monotonic() + ANSWER_TIMEOUT_S
+        while seen.get(answer_id) == looks and original(self, answer_id) is not None:
+            assert time.monotonic() < deadline, "the answer did not end"
+            time.sleep(0.05)
+        return answer
+
+    monkeypatch.setattr(LiveAnswers, "get", ends_after_looks)
+    at = open_app()
+    configure(at, temperature=0.0, max_tokens=4)
+    ask(at, "Name a colour.")
+    answer = shown(at, chat_env).messages[-1]
+    assert answer.role == "assistant" and answer.state != "streaming"
+    assert at.chat_input(key="w_question").placeholder == "Ask something"
+    assert not at.button(key=f"w_regenerate_{answer.id}").disabled
 
 
 def test_model_output_is_shown_with_html_disabled(chat_env: Settings) -> None:
