@@ -176,22 +176,27 @@ def test_a_hidden_page_or_a_quiet_tab_asks_for_no_refresh(
         page.wait_for_timeout(seconds * 1000)  # (Playwright's events arrive while it waits)
         return len(sent) - before
 
+    def refreshes(count: int, within: float = 12) -> bool:
+        """Whether the page sends ``count`` messages within ``within`` seconds."""
+        before, deadline = len(sent), time.monotonic() + within
+        while len(sent) - before < count and time.monotonic() < deadline:
+            page.wait_for_timeout(250)
+        return len(sent) - before >= count
+
     try:
         page.goto(app.url)
         _text(page, "Nothing to watch while TorchServe is stopped")
         page.get_by_role("combobox", name="Live view refresh").click()
         page.get_by_role("option", name="2 s", exact=True).click()
-        page.wait_for_timeout(3000)
-        assert sent_during(7) >= 2, "a shown page refreshes every 2 s"
+        assert refreshes(3), "a shown page refreshes every 2 s"
         page.evaluate(HIDE_PAGE_JS, True)
         page.wait_for_timeout(3000)  # the rerun that tells the console
-        assert sent_during(8) == 0, "a hidden page refreshes nothing"
+        assert sent_during(6) == 0, "a hidden page refreshes nothing"
         page.evaluate(HIDE_PAGE_JS, False)
-        page.wait_for_timeout(3000)
-        assert sent_during(7) >= 2, "shown again, it refreshes again"
+        assert refreshes(3), "shown again, it refreshes again"
         page.get_by_role("tab", name="Models").click()
         page.wait_for_timeout(3000)
-        assert sent_during(7) == 0, "a tab without live parts refreshes nothing"
+        assert sent_during(6) == 0, "a tab without live parts refreshes nothing"
     finally:
         page.close()
     assert "Traceback" not in app.log.read_text(errors="replace")

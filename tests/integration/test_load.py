@@ -30,7 +30,7 @@ PROMPTS = [
     "What is the opposite of hot?",
     "Name a large animal.",
 ]
-GREEDY = {"max_tokens": 12, "temperature": 0, "repeat_penalty": 1.0, "min_p": 0}
+GREEDY = {"max_tokens": 8, "temperature": 0, "repeat_penalty": 1.0, "min_p": 0}
 
 
 @pytest.fixture(scope="module", params=["continuous", "dynamic"])
