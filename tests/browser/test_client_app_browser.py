@@ -128,7 +128,8 @@ def test_answer_streams_in_and_stop_keeps_the_partial_text(
     reads = follow(page, lambda text: not streaming(page), ANSWER_TIMEOUT_S)
     wait_answers(page, 1)
     final = answer_text(page)
-    assert len(reads) >= 5, f"the answer did not grow in steps: {reads}"
+    # (Sampled, the answer may end well before 200 tokens: a second or two, three or four reads.)
+    assert len(reads) >= 3, f"the answer did not grow in steps: {reads}"
     lengths = [len(r) for r in reads]
     assert lengths == sorted(lengths) and lengths[0] < len(final)
     assert all(final.startswith(r) for r in reads[:-1]), "earlier reads are prefixes of the end"
