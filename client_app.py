@@ -214,11 +214,21 @@ def open_from_address() -> None:
         )
 
 
+def streaming_here(saved: SavedConversation | None) -> dict[int, PendingAnswer]:
+    """The answers of the shown conversation streaming in this process, by id, each looked up
+    once: an answer that ends later is still in the result."""
+    if saved is None:
+        return {}
+    return {
+        m.id: answer
+        for m in saved.messages
+        if m.state == "streaming" and (answer := live_answers().get(m.id)) is not None
+    }
+
+
 def busy(saved: SavedConversation | None) -> bool:
     """Whether an answer of the shown conversation is streaming in this process."""
-    return saved is not None and any(
-        m.state == "streaming" and live_answers().get(m.id) is not None for m in saved.messages
-    )
+    return bool(streaming_here(saved))
 
 
 # ---------------------------------------------------------------------------- callbacks
@@ -814,9 +824,8 @@ def chat(
     messages = saved.messages if saved is not None else ()
     # Looked up once: an answer that ends during this run is still followed (its fragment then
     # starts the page over), never drawn as saved while the page stays locked for it.
-    streaming = [m.id for m in messages if m.state == "streaming"]
-    live = {i: a for i in streaming if (a := live_answers().get(i)) is not None}
-    if len(live) < len(streaming):
+    live = streaming_here(saved)
+    if len(live) < sum(m.state == "streaming" for m in messages):
         # It ended since the page loaded it (saved before it left the live list): start the
         # page over, so that it is drawn as saved and how it ended is reported.
         st.rerun()
