@@ -64,6 +64,7 @@ REFRESH_S = 0.5  # how often a streaming answer is redrawn (twice a second)
 CHAT, SIDE_BY_SIDE = "Chat", "Side by side"
 MAX_PANES = 4
 LISTED_CONVERSATIONS = 50
+FINISHING_S = 2.0  # the longest an ended answer's last save is waited for before a page is drawn
 
 # Session state keys.
 SHOWN = "chat_shown"  # id of the conversation on screen; None: a new chat, saved at its question
@@ -731,9 +732,17 @@ def follow_answer(answer_id: int, probabilities: bool) -> None:
 
 
 def report_finished() -> None:
-    """Say once how the answers this session started went wrong, if they did."""
+    """Say once how the answers this session started went wrong, if they did.
+
+    Called after the shown conversation was loaded: an answer saved as ended there has ended
+    here too, and its last save (which sets its figures) is waited for, so the page that first
+    draws it ended also says why.
+    """
     started: dict[int, PendingAnswer] = st.session_state[STARTED]
     for answer_id, answer in list(started.items()):
+        if not answer.finished:
+            continue
+        answer.join(timeout=FINISHING_S)
         if answer.stats is None:
             continue
         del started[answer_id]
@@ -962,10 +971,10 @@ def main() -> None:
         st.error(f"The chat cannot start: {error.message}")
         st.stop()
     open_from_address()
-    report_finished()
     st.title("💬 Chat")
     try:
         saved = load_shown()
+        report_finished()
         inference, check, problem = connect(settings)
         options, option_problem = read_options()
         # A question asked in this run (or Retry, Regenerate, an edit) starts its answer now,

@@ -811,6 +811,16 @@ def test_chat_survives_torchserve_stopping_mid_answer(
         return stream
 
     monkeypatch.setattr(InferenceClient, "chat_stream", answer_begun)
+    # The broken answer's last save takes a while to count as done: a page drawn in between
+    # loads the answer as broken off, and must still say why (it once drew it silently).
+    saved_as_ended = ConversationStore.finish_answer
+
+    def slow_to_finish(self: ConversationStore, *args: Any, **kwargs: Any) -> bool:
+        done = saved_as_ended(self, *args, **kwargs)
+        time.sleep(1.0)
+        return done
+
+    monkeypatch.setattr(ConversationStore, "finish_answer", slow_to_finish)
 
     def stop_once_asked() -> None:
         answering.wait(timeout=60)
