@@ -740,10 +740,7 @@ def report_finished() -> None:
     """
     started: dict[int, PendingAnswer] = st.session_state[STARTED]
     for answer_id, answer in list(started.items()):
-        if not answer.finished:
-            continue
-        answer.join(timeout=FINISHING_S)
-        if answer.stats is None:
+        if not answer.finished or not answer.wait_saved(FINISHING_S):
             continue
         del started[answer_id]
         if answer.error:

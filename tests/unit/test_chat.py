@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import doctest
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -257,6 +258,57 @@ def test_an_error_mid_stream_keeps_the_partial_text_marked_broken(
     saved = store.load(conversation).messages[-1]
     assert (saved.content, saved.state) == ("partial", "broken")
     assert saved.stats is not None and saved.stats.finish_reason == "error"
+
+
+class SlowSaver:
+    """A store whose final save waits until ``release`` is set."""
+
+    def __init__(self, store: ConversationStore) -> None:
+        self.store = store
+        self.release = threading.Event()
+
+    def update_answer(self, answer_id: int, text: str) -> None:
+        self.store.update_answer(answer_id, text)
+
+    def finish_answer(self, answer_id: int, text: str, **kwargs: Any) -> bool:
+        self.release.wait(5)
+        return self.store.finish_answer(answer_id, text, **kwargs)
+
+
+def test_an_ended_answer_is_waited_for_until_its_last_save(store: ConversationStore) -> None:
+    _, answer_id = streaming_answer(store)
+    saver = SlowSaver(store)
+    stream = FakeStream(["par", "tial"], fail_after=1)
+    answer = PendingAnswer(lambda: stream, model="m", saver=saver, answer_id=answer_id)
+    deadline = time.monotonic() + 5
+    while not answer.finished and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert answer.finished and answer.error is not None
+    assert not answer.wait_saved(0.05) and answer.stats is None  # still saving
+    saver.release.set()
+    assert answer.wait_saved(5) and answer.stats is not None
+
+
+class StuckStream(FakeStream):
+    """A stream whose read goes on waiting after close (as a socket read may)."""
+
+    def deltas(self) -> Iterator[StreamDelta]:
+        yield StreamDelta("par")
+        threading.Event().wait(1)
+        raise ServerError("closed")
+
+
+def test_stop_saves_at_once_though_the_read_has_not_returned(store: ConversationStore) -> None:
+    _, answer_id = streaming_answer(store)
+    stream = StuckStream([])
+    answer = PendingAnswer(lambda: stream, model="m", saver=store, answer_id=answer_id)
+    deadline = time.monotonic() + 5
+    while not answer.text and time.monotonic() < deadline:
+        time.sleep(0.01)
+    answer.stop()
+    assert answer.thread.is_alive()  # the read has not returned
+    assert answer.wait_saved(0) and answer.stats is not None
+    answer.join(5)
 
 
 def test_live_speed_reads_the_prompt_then_counts_tokens() -> None:

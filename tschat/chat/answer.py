@@ -271,6 +271,13 @@ class PendingAnswer:
                 return
         listener(self)
 
+    def wait_saved(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the last save of an answer that has ended; whether
+        it was made (:attr:`stats` set). Stop makes it at once; the end of a stream, in the
+        answer's thread, just after :attr:`finished` turns true."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._final is not None, timeout)
+
     def join(self, timeout: float | None = None) -> None:
         """Wait for the reading thread to end."""
         self.thread.join(timeout)
